@@ -1,0 +1,642 @@
+//! Types shared across the kernel boundary: map keys and values, event records and counter
+//! indices. Used by the XDP datapath (`sipfilter-ebpf`, `no_std`) and by the userspace loader
+//! (`sipfilter`, with the `user` feature, which implements `aya::Pod`).
+//!
+//! Every type is `#[repr(C)]`, `Copy`, has explicit padding and no `bool`, and its size is
+//! asserted at compile time: a change of layout is a change of ABI between a running daemon and
+//! pinned maps, so it must be deliberate (bump [`ABI_VERSION`]).
+#![no_std]
+
+/// Bumped whenever a pinned map's key or value layout changes; part of [`Config`] so a loader can
+/// refuse maps written by an incompatible build instead of misreading them.
+pub const ABI_VERSION: u32 = 1;
+
+/// Names of the maps, as the kernel and bpffs see them (the kernel keeps 15 bytes).
+pub mod map_names {
+    pub const CONFIG: &str = "SF_CONFIG";
+    pub const PORTS: &str = "SF_PORTS";
+    pub const SRC_HINTS: &str = "SF_SRC_HINTS";
+    pub const DENY_V4: &str = "SF_DENY4";
+    pub const DENY_V6: &str = "SF_DENY6";
+    pub const ALLOW_V4: &str = "SF_ALLOW4";
+    pub const ALLOW_V6: &str = "SF_ALLOW6";
+    pub const BANS: &str = "SF_BANS";
+    pub const RATE: &str = "SF_RATE";
+    pub const TOLL: &str = "SF_TOLL";
+    pub const PATTERNS: &str = "SF_PATTERNS";
+    pub const SCRATCH: &str = "SF_SCRATCH";
+    pub const STATS: &str = "SF_STATS";
+    pub const EVENTS: &str = "SF_EVENTS";
+}
+
+/// Capacities of the maps whose size is fixed at load time.
+pub mod capacity {
+    /// Deny and allow entries per address family.
+    pub const SOURCE_LISTS: u32 = 65_536;
+    /// Active bans (both families).
+    pub const BANS: u32 = 262_144;
+    /// Toll-fraud prefixes.
+    pub const TOLL_PREFIXES: u32 = 1_024;
+    /// Default rate-limiter sources: an LRU sized for a spoofed-source flood, so a flood evicts
+    /// the oldest idle sources instead of failing inserts.
+    pub const RATE_SOURCES_DEFAULT: u32 = 1_000_000;
+    /// Bytes of the event ring buffer (power of two, multiple of the page size).
+    pub const EVENT_RING_BYTES: u32 = 1 << 20;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdict reasons
+// ---------------------------------------------------------------------------------------------
+
+/// Why the datapath decided what it did. Append-only with explicit values: the value indexes the
+/// stats array and is exported as a Prometheus label; a retired value is never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4/IPv6, or an L2/L3 header the parser does not handle: passed untouched.
+    NotIp = 0,
+    /// Neither a SIP, TLS nor restricted port (or not UDP/TCP): passed.
+    Unprotected = 1,
+    /// Source in the allow set: passed without further checks.
+    Allowlisted = 2,
+    /// SIP message that passed every SIP check.
+    SipOk = 3,
+    /// CRLF keep-alive or STUN message on a SIP port.
+    Keepalive = 4,
+    /// TLS SIP port: only the source checks apply.
+    Tls = 5,
+    /// Non-first IP fragment from a source that is neither denied nor banned.
+    Fragment = 6,
+    /// TCP segment on a SIP port that does not start a SIP message (or carries no payload).
+    TcpContinuation = 7,
+    /// Source in the deny set.
+    Denylisted = 8,
+    /// Source banned by the daemon, ban not yet expired.
+    Banned = 9,
+    /// Untrusted source on a restricted port.
+    RestrictedPort = 10,
+    /// Untrusted source on a SIP port while `untrusted_sip = "drop"`.
+    UntrustedSip = 11,
+    /// Truncated or inconsistent IP/UDP/TCP header on a protected port.
+    Malformed = 12,
+    /// UDP payload on a SIP port that is neither SIP, a keep-alive nor STUN.
+    NotSip = 13,
+    /// User-Agent matched a scanner pattern.
+    ScannerUserAgent = 14,
+    /// From matched a scanner pattern.
+    ScannerFrom = 15,
+    /// INVITE whose Request-URI user starts with a denied prefix.
+    TollFraud = 16,
+    /// REGISTER over the per-source rate.
+    RateRegister = 17,
+    /// INVITE over the per-source rate.
+    RateInvite = 18,
+    /// IPv6 packet whose upper-layer header lies beyond the extension headers we follow.
+    Ipv6ExtensionLimit = 19,
+}
+
+impl Reason {
+    /// Number of reasons; sizes the reason slices of the stats array.
+    pub const COUNT: u32 = 20;
+
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::NotIp,
+        Reason::Unprotected,
+        Reason::Allowlisted,
+        Reason::SipOk,
+        Reason::Keepalive,
+        Reason::Tls,
+        Reason::Fragment,
+        Reason::TcpContinuation,
+        Reason::Denylisted,
+        Reason::Banned,
+        Reason::RestrictedPort,
+        Reason::UntrustedSip,
+        Reason::Malformed,
+        Reason::NotSip,
+        Reason::ScannerUserAgent,
+        Reason::ScannerFrom,
+        Reason::TollFraud,
+        Reason::RateRegister,
+        Reason::RateInvite,
+        Reason::Ipv6ExtensionLimit,
+    ];
+
+    /// The packet is dropped for this reason (in `enforce` mode).
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= Reason::Denylisted as u32
+    }
+
+    /// Prometheus label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NotIp => "not_ip",
+            Reason::Unprotected => "unprotected",
+            Reason::Allowlisted => "allowlisted",
+            Reason::SipOk => "sip_ok",
+            Reason::Keepalive => "keepalive",
+            Reason::Tls => "tls",
+            Reason::Fragment => "fragment",
+            Reason::TcpContinuation => "tcp_continuation",
+            Reason::Denylisted => "denylisted",
+            Reason::Banned => "banned",
+            Reason::RestrictedPort => "restricted_port",
+            Reason::UntrustedSip => "untrusted_sip",
+            Reason::Malformed => "malformed",
+            Reason::NotSip => "not_sip",
+            Reason::ScannerUserAgent => "scanner_user_agent",
+            Reason::ScannerFrom => "scanner_from",
+            Reason::TollFraud => "toll_fraud",
+            Reason::RateRegister => "rate_register",
+            Reason::RateInvite => "rate_invite",
+            Reason::Ipv6ExtensionLimit => "ipv6_extension_limit",
+        }
+    }
+
+    pub const fn from_u32(value: u32) -> Option<Reason> {
+        if value < Self::COUNT {
+            Some(Self::ALL[value as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// Rule kinds that have a policy mode (`enforce` or `monitor`). The value is a bit in
+/// [`Config::monitor_mask`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleKind {
+    Deny = 0,
+    Restricted = 1,
+    Scanner = 2,
+    TollFraud = 3,
+    RateLimit = 4,
+}
+
+impl RuleKind {
+    pub const fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIP methods
+// ---------------------------------------------------------------------------------------------
+
+/// SIP methods the datapath recognises (RFC 3261 and its extensions). Append-only.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// A request with a method not listed here (extension methods are legal SIP).
+    Other = 0,
+    Register = 1,
+    Invite = 2,
+    Ack = 3,
+    Bye = 4,
+    Cancel = 5,
+    Options = 6,
+    Subscribe = 7,
+    Notify = 8,
+    Publish = 9,
+    Info = 10,
+    Refer = 11,
+    Message = 12,
+    Prack = 13,
+    Update = 14,
+    /// A SIP response (`SIP/2.0 NNN ...`).
+    Response = 15,
+}
+
+impl Method {
+    pub const COUNT: u32 = 16;
+
+    pub const ALL: [Method; Self::COUNT as usize] = [
+        Method::Other,
+        Method::Register,
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Options,
+        Method::Subscribe,
+        Method::Notify,
+        Method::Publish,
+        Method::Info,
+        Method::Refer,
+        Method::Message,
+        Method::Prack,
+        Method::Update,
+        Method::Response,
+    ];
+
+    /// Prometheus label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Method::Other => "OTHER",
+            Method::Register => "REGISTER",
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Publish => "PUBLISH",
+            Method::Info => "INFO",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Prack => "PRACK",
+            Method::Update => "UPDATE",
+            Method::Response => "response",
+        }
+    }
+
+    pub const fn from_u8(value: u8) -> Option<Method> {
+        if (value as u32) < Self::COUNT {
+            Some(Self::ALL[value as usize])
+        } else {
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+/// Layout of the per-CPU `SF_STATS` array: one `u64` counter per slot, summed over CPUs by
+/// userspace.
+pub mod stats {
+    use super::{Method, Reason};
+
+    /// Packets by final verdict reason: `[REASON_BASE + reason]`.
+    pub const REASON_BASE: u32 = 0;
+    /// Rule hits in `monitor` mode (would have been dropped): `[MONITOR_BASE + reason]`.
+    pub const MONITOR_BASE: u32 = 32;
+    /// SIP messages seen, by method: `[METHOD_BASE + method]`.
+    pub const METHOD_BASE: u32 = 64;
+    /// Events that did not fit in the ring buffer.
+    pub const EVENTS_LOST: u32 = 96;
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 97;
+    /// Slots in the array.
+    pub const LEN: u32 = 128;
+
+    const _: () = assert!(Reason::COUNT <= MONITOR_BASE - REASON_BASE);
+    const _: () = assert!(Reason::COUNT <= METHOD_BASE - MONITOR_BASE);
+    const _: () = assert!(Method::COUNT <= EVENTS_LOST - METHOD_BASE);
+    const _: () = assert!(EVENTS_SENT < LEN);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run-time configuration
+// ---------------------------------------------------------------------------------------------
+
+/// Token-bucket parameters in the GCRA form (one timestamp per source): a request conforms when
+/// the source's theoretical arrival time is at most `tolerance_ns` ahead of now; each conforming
+/// request moves it `interval_ns` further.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateParams {
+    /// Nanoseconds per token: `1e9 / rate`. Zero disables the limit.
+    pub interval_ns: u64,
+    /// `(burst - 1) * interval_ns`.
+    pub tolerance_ns: u64,
+}
+
+/// `Config::flags` bits.
+pub mod config_flags {
+    /// `untrusted_sip = "drop"`: SIP ports are allowlist-only.
+    pub const UNTRUSTED_SIP_DROP: u32 = 1 << 0;
+    /// At least one User-Agent pattern is loaded: scan for the header.
+    pub const SCAN_USER_AGENT: u32 = 1 << 1;
+    /// At least one From pattern is loaded: scan for the header.
+    pub const SCAN_FROM: u32 = 1 << 2;
+    /// At least one toll-fraud prefix is loaded.
+    pub const TOLL_FRAUD: u32 = 1 << 3;
+}
+
+/// The single value of `SF_CONFIG`: run-time settings the datapath reads on every packet that
+/// needs them. Userspace replaces it whole, so a packet never sees half of an update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// [`ABI_VERSION`] of the loader that wrote this value.
+    pub abi_version: u32,
+    /// [`config_flags`].
+    pub flags: u32,
+    /// Bit per [`RuleKind`]: set = `monitor` (count, report, pass), clear = `enforce`.
+    pub monitor_mask: u32,
+    /// Prefix length that keys per-source state of IPv6 sources (32..=128).
+    pub ipv6_prefix_len: u32,
+    pub register: RateParams,
+    pub invite: RateParams,
+    /// Minimum gap between two rate-limit events for one source.
+    pub event_interval_ns: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------------------------
+
+/// Class of a destination port, per transport. `SF_PORTS` holds a [`PortBlock`] per 256 ports:
+/// index `transport * 256 + (port >> 8)`, byte `port & 0xff`.
+pub mod port_class {
+    pub const NONE: u8 = 0;
+    /// SIP in clear text: parsed and checked.
+    pub const SIP: u8 = 1;
+    /// SIP over TLS: source checks only.
+    pub const TLS: u8 = 2;
+    /// Only trusted sources may reach it.
+    pub const RESTRICTED: u8 = 3;
+}
+
+pub const TRANSPORT_UDP: u32 = 0;
+pub const TRANSPORT_TCP: u32 = 1;
+/// Entries of `SF_PORTS`: 256 blocks per transport.
+pub const PORT_BLOCKS: u32 = 512;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBlock {
+    pub class: [u8; 256],
+}
+
+impl Default for PortBlock {
+    fn default() -> Self {
+        PortBlock { class: [0; 256] }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Source lists, bans and the source hints
+// ---------------------------------------------------------------------------------------------
+
+/// Key of the IPv4 LPM tries (`prefix_len` then the address in network order).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lpm4Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 LPM tries.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lpm6Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Value of the allow and deny tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRule {
+    /// `CLOCK_MONOTONIC` nanoseconds after which the entry no longer applies; 0 = never expires.
+    pub expires_ns: u64,
+}
+
+/// Key of per-source state (bans, rate limiter): IPv4 as an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`), IPv6 masked to `Config::ipv6_prefix_len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+}
+
+/// Value of `SF_BANS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ban {
+    /// `CLOCK_MONOTONIC` nanoseconds when the ban ends (checked in the kernel, so bans end on
+    /// time even while the daemon is down).
+    pub expires_ns: u64,
+}
+
+/// `SF_SRC_HINTS` is a coarse summary of every source list, so the common case (a source in no
+/// list) costs one array read instead of several trie lookups. Entry `family * 256 + (slot >> 8)`,
+/// byte `slot & 0xff`, where `slot` is the top 16 bits of an IPv4 address, or bits 16..32 of an
+/// IPv6 address (the second hextet: 2001:**db8**::). A set bit means "an entry of that list may
+/// cover this slot: look it up". Userspace keeps the bits a superset of the truth.
+pub mod hint {
+    pub const DENY: u8 = 1 << 0;
+    pub const ALLOW: u8 = 1 << 1;
+    pub const BAN: u8 = 1 << 2;
+    pub const FAMILY_V4: u32 = 0;
+    pub const FAMILY_V6: u32 = 1;
+    pub const BLOCKS: u32 = 512;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HintBlock {
+    pub bits: [u8; 256],
+}
+
+impl Default for HintBlock {
+    fn default() -> Self {
+        HintBlock { bits: [0; 256] }
+    }
+}
+
+/// Per-source rate-limiter state (`SF_RATE`, LRU hash). Updated from several CPUs without a
+/// lock: see the datapath's `rate` module for the bounded error this allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// GCRA theoretical arrival time of the next REGISTER (ns, `CLOCK_MONOTONIC` coarse).
+    pub register_tat: u64,
+    /// Same for INVITE.
+    pub invite_tat: u64,
+    /// When the last rate-limit event for this source was sent.
+    pub last_event_ns: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Toll-fraud prefixes
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of the Request-URI user compared against the toll-fraud prefixes.
+pub const TOLL_PREFIX_MAX: usize = 16;
+
+/// Key of `SF_TOLL` (LPM trie): `prefix_len` is 8 x the prefix's length in bytes.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TollKey {
+    pub prefix_len: u32,
+    pub digits: [u8; TOLL_PREFIX_MAX],
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pattern automata
+// ---------------------------------------------------------------------------------------------
+
+/// A scanner pattern list compiled to a DFA (Aho-Corasick, ASCII case folded) by userspace.
+/// `next[state * 256 + byte]` is the next state; state 0 is the start; [`Dfa::MATCH`] is
+/// absorbing, so the datapath walks the whole header value with one table read per byte and
+/// tests for a match once at the end.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Dfa {
+    pub next: [u8; Dfa::STATES * 256],
+}
+
+impl Dfa {
+    /// States a pattern list may compile to (about this many pattern bytes in all).
+    pub const STATES: usize = 256;
+    /// The absorbing match state.
+    pub const MATCH: u8 = 255;
+    /// `SF_PATTERNS` index of the User-Agent automaton.
+    pub const USER_AGENT: u32 = 0;
+    /// `SF_PATTERNS` index of the From automaton.
+    pub const FROM: u32 = 1;
+    /// Entries of `SF_PATTERNS`.
+    pub const LISTS: u32 = 2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch buffer
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of a SIP message the datapath copies and inspects. A power of two, so masking keeps
+/// every index provably inside the buffer. Headers beyond it are not inspected.
+pub const SCAN_BYTES: usize = 2048;
+/// Words of the scan buffer: one word more than `SCAN_BYTES` so a two-word read starting at any
+/// masked index stays inside.
+pub const SCAN_WORDS: usize = SCAN_BYTES / 8 + 1;
+
+/// Per-CPU scratch buffer (`SF_SCRATCH`), too large for the 512-byte eBPF stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ScanBuf {
+    pub words: [u64; SCAN_WORDS],
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------
+
+/// Version of [`Event`]'s layout.
+pub const EVENT_VERSION: u16 = 1;
+
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A REGISTER or INVITE over the source's rate (at most one per source per
+    /// `Config::event_interval_ns`).
+    RateLimited = 1,
+    /// A scanner pattern matched (User-Agent or From).
+    Scanner = 2,
+    /// An INVITE to a denied prefix.
+    TollFraud = 3,
+}
+
+impl EventKind {
+    pub const fn from_u16(value: u16) -> Option<EventKind> {
+        match value {
+            1 => Some(EventKind::RateLimited),
+            2 => Some(EventKind::Scanner),
+            3 => Some(EventKind::TollFraud),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::RateLimited => "rate_limited",
+            EventKind::Scanner => "scanner",
+            EventKind::TollFraud => "toll_fraud",
+        }
+    }
+}
+
+/// Bytes of detail carried by an event (the dialled user of a toll-fraud attempt).
+pub const EVENT_DETAIL_BYTES: usize = 32;
+
+/// A record in the `SF_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// [`EventKind`].
+    pub kind: u16,
+    /// [`EVENT_VERSION`].
+    pub version: u16,
+    /// [`Reason`] the datapath recorded.
+    pub reason: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub time_ns: u64,
+    /// Source address; IPv4 as IPv4-mapped IPv6.
+    pub addr: [u8; 16],
+    /// Source and destination ports in host order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// [`Method`].
+    pub method: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// 1 when the rule is in `monitor` mode (the packet passed).
+    pub monitored: u8,
+    /// Bytes of `detail` in use.
+    pub detail_len: u8,
+    pub detail: [u8; EVENT_DETAIL_BYTES],
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout assertions and Pod
+// ---------------------------------------------------------------------------------------------
+
+const _: () = assert!(core::mem::size_of::<RateParams>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<PortBlock>() == 256);
+const _: () = assert!(core::mem::size_of::<Lpm4Key>() == 8);
+const _: () = assert!(core::mem::size_of::<Lpm6Key>() == 20);
+const _: () = assert!(core::mem::size_of::<SourceRule>() == 8);
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Ban>() == 8);
+const _: () = assert!(core::mem::size_of::<HintBlock>() == 256);
+const _: () = assert!(core::mem::size_of::<RateState>() == 24);
+const _: () = assert!(core::mem::size_of::<TollKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Dfa>() == 65_536);
+const _: () = assert!(core::mem::size_of::<ScanBuf>() == SCAN_BYTES + 8);
+const _: () = assert!(core::mem::size_of::<Event>() == 72);
+const _: () = assert!(SCAN_BYTES.is_power_of_two());
+const _: () = assert!(Dfa::STATES == 256);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type below is `#[repr(C)]` (or packed), `Copy`, with no padding bytes left
+    // uninitialised by construction and no invalid bit patterns.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PortBlock {}
+    unsafe impl aya::Pod for Lpm4Key {}
+    unsafe impl aya::Pod for Lpm6Key {}
+    unsafe impl aya::Pod for SourceRule {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for Ban {}
+    unsafe impl aya::Pod for HintBlock {}
+    unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for TollKey {}
+    unsafe impl aya::Pod for Dfa {}
+    unsafe impl aya::Pod for Event {}
+}
+
+/// Source key of an IPv4 address (network-order bytes).
+pub const fn source_key_v4(addr: [u8; 4]) -> SourceKey {
+    SourceKey {
+        addr: [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+        ],
+    }
+}
+
+/// Hint slot of an IPv4 address: its top 16 bits.
+pub const fn hint_slot_v4(addr: [u8; 4]) -> u32 {
+    ((addr[0] as u32) << 8) | addr[1] as u32
+}
+
+/// Hint slot of an IPv6 address: its second hextet.
+pub const fn hint_slot_v6(addr: &[u8; 16]) -> u32 {
+    ((addr[2] as u32) << 8) | addr[3] as u32
+}

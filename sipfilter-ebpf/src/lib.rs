@@ -1,0 +1,7 @@
+//! The parts of the sipfilter datapath that are plain computation on bytes: word-at-a-time
+//! search and the SIP parser. They build for the host too, where they are unit-tested; the XDP
+//! program (`main.rs`) calls them on the per-CPU scan buffer.
+#![cfg_attr(not(test), no_std)]
+
+pub mod sip;
+pub mod swar;

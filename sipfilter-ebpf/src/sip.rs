@@ -1,0 +1,406 @@
+//! SIP message inspection (RFC 3261) on the per-CPU scratch copy of a message.
+//!
+//! Everything here works on a [`ScanBuf`] of 8-byte words and a length, so the same code runs
+//! in the kernel and in host unit tests. Every index is masked into the buffer, so the verifier
+//! can prove each read in bounds without following the parse, and every loop has a named bound.
+//! The caller copies at most [`SCAN_BYTES`] of the message and calls [`seal`] first.
+
+use sipfilter_common::{Dfa, Method, SCAN_BYTES, SCAN_WORDS, ScanBuf, TOLL_PREFIX_MAX};
+
+use crate::swar::{bytes_equal, first_flagged, fold_case, from_byte, low_bytes, word_of};
+
+/// Keeps a word index inside the window; the buffer has one extra word so `index + 1` is
+/// always in bounds too.
+const WORD_INDEX_MASK: usize = SCAN_BYTES / 8 - 1;
+
+/// Steps of the header scan: each step either moves to the next word or consumes one line end.
+/// A window holds `SCAN_BYTES / 8` words and at most `SCAN_BYTES / 3` lines (the shortest header
+/// line is `x:` LF), so with this many steps the scan never stops before the window's end.
+const HEADER_SCAN_STEPS: usize = SCAN_BYTES / 8 + SCAN_BYTES / 3 + 1;
+
+/// Bytes of a header value fed to a pattern automaton. User-Agent and From values are far
+/// shorter; a longer value is inspected up to here.
+pub const MAX_VALUE_BYTES: usize = 256;
+
+/// Longest method token we accept for an extension method; the longest standard one is
+/// `SUBSCRIBE` (9).
+const MAX_METHOD_BYTES: usize = 16;
+
+const _: () = assert!(SCAN_WORDS == WORD_INDEX_MASK + 2);
+
+/// Zeroes the bytes after `len` up to the end of the next word, so reads that run past the
+/// message see zeros, never bytes of a previous packet.
+#[inline(always)]
+pub fn seal(buf: &mut ScanBuf, len: usize) {
+    let index = len >> 3;
+    if index <= WORD_INDEX_MASK {
+        buf.words[index] &= low_bytes(len & 7);
+        buf.words[index + 1] = 0;
+    } else {
+        buf.words[WORD_INDEX_MASK + 1] = 0;
+    }
+}
+
+#[inline(always)]
+fn word(buf: &ScanBuf, index: usize) -> u64 {
+    buf.words[index & WORD_INDEX_MASK]
+}
+
+/// The 8 bytes starting at `pos`, as a little-endian word (byte `pos` lowest).
+#[inline(always)]
+pub fn load8(buf: &ScanBuf, pos: usize) -> u64 {
+    let index = (pos >> 3) & WORD_INDEX_MASK;
+    let shift = ((pos & 7) * 8) as u32;
+    let low = buf.words[index] >> shift;
+    // Two shifts so that `shift == 0` shifts the next word out entirely (a single shift by 64
+    // would be undefined).
+    let high = (buf.words[index + 1] << 1) << (63 - shift);
+    low | high
+}
+
+#[inline(always)]
+pub fn byte_at(buf: &ScanBuf, pos: usize) -> u8 {
+    (word(buf, pos >> 3) >> ((pos & 7) * 8)) as u8
+}
+
+/// Position of the first `byte` (not zero) at or after `from` and before `len`.
+#[inline(always)]
+pub fn find_byte(buf: &ScanBuf, from: usize, len: usize, byte: u8) -> Option<usize> {
+    let mut index = from >> 3;
+    let mut mask = bytes_equal(word(buf, index), byte) & from_byte(from & 7);
+    for _ in 0..SCAN_BYTES / 8 {
+        if mask != 0 {
+            let pos = index * 8 + first_flagged(mask);
+            return if pos < len { Some(pos) } else { None };
+        }
+        index += 1;
+        if index * 8 >= len {
+            return None;
+        }
+        mask = bytes_equal(word(buf, index), byte);
+    }
+    None
+}
+
+/// `\r\n\r\n` or `\r\n` alone: a keep-alive (RFC 5626 section 4.4.1).
+#[inline(always)]
+pub fn is_keepalive(buf: &ScanBuf, len: usize) -> bool {
+    let head = buf.words[0];
+    (len == 4 && head & low_bytes(4) == word_of(b"\r\n\r\n"))
+        || (len == 2 && head & low_bytes(2) == word_of(b"\r\n"))
+}
+
+/// A STUN message (RFC 5389): top two bits zero, the magic cookie, and a length that fits.
+#[inline(always)]
+pub fn is_stun(buf: &ScanBuf, len: usize) -> bool {
+    let head = buf.words[0];
+    let cookie = (head >> 32) as u32;
+    let body_len = u16::from_be(((head >> 16) & 0xffff) as u16) as usize;
+    len >= 20 && head & 0xc0 == 0 && cookie == u32::from_le_bytes([0x21, 0x12, 0xa4, 0x42]) && body_len + 20 <= len
+}
+
+/// What the first line of a message says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartLine {
+    pub method: Method,
+    /// Where the Request-URI begins (requests only).
+    pub uri: usize,
+    /// Where the first header line begins.
+    pub headers: usize,
+}
+
+/// A method token with its trailing space, as words to compare with the message's first 16
+/// bytes. Methods are case-sensitive (RFC 3261 section 7.1).
+struct MethodToken {
+    method: Method,
+    len: usize,
+    first: u64,
+    second: u64,
+}
+
+const fn token(method: Method, text: &[u8]) -> MethodToken {
+    let mut second = [0u8; 8];
+    let mut i = 8;
+    while i < text.len() {
+        second[i - 8] = text[i];
+        i += 1;
+    }
+    MethodToken { method, len: text.len(), first: word_of(text), second: word_of(&second) }
+}
+
+/// Most frequent first: the scan stops at the first match.
+const METHOD_TOKENS: [MethodToken; 14] = [
+    token(Method::Register, b"REGISTER "),
+    token(Method::Invite, b"INVITE "),
+    token(Method::Options, b"OPTIONS "),
+    token(Method::Ack, b"ACK "),
+    token(Method::Bye, b"BYE "),
+    token(Method::Cancel, b"CANCEL "),
+    token(Method::Subscribe, b"SUBSCRIBE "),
+    token(Method::Notify, b"NOTIFY "),
+    token(Method::Publish, b"PUBLISH "),
+    token(Method::Info, b"INFO "),
+    token(Method::Refer, b"REFER "),
+    token(Method::Message, b"MESSAGE "),
+    token(Method::Prack, b"PRACK "),
+    token(Method::Update, b"UPDATE "),
+];
+
+const SIP_VERSION_SP: u64 = word_of(b"SIP/2.0 ");
+const SIP_VERSION: u64 = word_of(b"SIP/2.0");
+
+/// Parses the start line: `Method SP Request-URI SP SIP/2.0 CRLF` or
+/// `SIP/2.0 SP Status-Code SP Reason CRLF`. `None` when the message does not start with one
+/// (not SIP, or for TCP a segment that continues an earlier message).
+#[inline(always)]
+pub fn parse_start_line(buf: &ScanBuf, len: usize) -> Option<StartLine> {
+    let first = buf.words[0];
+    let second = buf.words[1];
+    if len >= 12 && first == SIP_VERSION_SP {
+        let status = second.to_le_bytes();
+        if !(b'1'..=b'6').contains(&status[0]) || !status[1].is_ascii_digit() || !status[2].is_ascii_digit() {
+            return None;
+        }
+        let line_end = find_byte(buf, 11, len, b'\n')?;
+        return Some(StartLine { method: Method::Response, uri: 0, headers: line_end + 1 });
+    }
+
+    let (method, uri) = match_method(first, second)?;
+    if uri >= len || byte_at(buf, uri) == b' ' {
+        return None;
+    }
+    let line_end = find_byte(buf, uri, len, b'\n')?;
+    // The line ends in `SP SIP/2.0` and CRLF (a bare LF is tolerated, as most parsers do).
+    let before_cr = if line_end > 0 && byte_at(buf, line_end - 1) == b'\r' { line_end - 1 } else { line_end };
+    if before_cr < uri + 8 || load8(buf, before_cr - 8) != (SIP_VERSION << 8 | u64::from(b' ')) {
+        return None;
+    }
+    Some(StartLine { method, uri, headers: line_end + 1 })
+}
+
+#[inline(always)]
+fn match_method(first: u64, second: u64) -> Option<(Method, usize)> {
+    for token in METHOD_TOKENS.iter() {
+        let (first_mask, second_mask) = if token.len >= 8 {
+            (u64::MAX, low_bytes(token.len - 8))
+        } else {
+            (low_bytes(token.len), 0)
+        };
+        if first & first_mask == token.first && second & second_mask == token.second {
+            return Some((token.method, token.len));
+        }
+    }
+    // An extension method: an upper-case letter, then a token, then one space.
+    let lead = first as u8;
+    if !lead.is_ascii_uppercase() {
+        return None;
+    }
+    let space = bytes_equal(first, b' ');
+    let at = if space != 0 {
+        first_flagged(space)
+    } else {
+        let space = bytes_equal(second, b' ');
+        if space == 0 {
+            return None;
+        }
+        8 + first_flagged(space)
+    };
+    if at == 0 || at > MAX_METHOD_BYTES {
+        return None;
+    }
+    Some((Method::Other, at + 1))
+}
+
+/// The first bytes of a Request-URI's user part, for the toll-fraud prefix lookup: after
+/// `sip:`, `sips:` or `tel:` (scheme case-insensitive), up to the first of `@ ; : ? > SP CR`,
+/// zero-filled. `None` for other schemes.
+#[inline(always)]
+pub fn uri_user(buf: &ScanBuf, uri: usize) -> Option<[u8; TOLL_PREFIX_MAX]> {
+    let scheme = fold_case(load8(buf, uri));
+    let skip = if scheme & low_bytes(4) == word_of(b"sip:") || scheme & low_bytes(4) == word_of(b"tel:") {
+        4
+    } else if scheme & low_bytes(5) == word_of(b"sips:") {
+        5
+    } else {
+        return None;
+    };
+    let mut first = load8(buf, uri + skip);
+    let mut second = load8(buf, uri + skip + 8);
+    let stop = |word: u64| {
+        bytes_equal(word, b'@')
+            | bytes_equal(word, b';')
+            | bytes_equal(word, b':')
+            | bytes_equal(word, b'?')
+            | bytes_equal(word, b'>')
+            | bytes_equal(word, b' ')
+            | bytes_equal(word, b'\r')
+    };
+    let stop_first = stop(first);
+    if stop_first != 0 {
+        first &= low_bytes(first_flagged(stop_first));
+        second = 0;
+    } else {
+        let stop_second = stop(second);
+        if stop_second != 0 {
+            second &= low_bytes(first_flagged(stop_second));
+        }
+    }
+    let mut user = [0u8; TOLL_PREFIX_MAX];
+    user[..8].copy_from_slice(&first.to_le_bytes());
+    user[8..].copy_from_slice(&second.to_le_bytes());
+    Some(user)
+}
+
+/// Where a header's value lies: `start..end`, `start == 0` when the header is absent (no value
+/// can start at 0, which holds the start line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub const fn is_present(&self) -> bool {
+        self.start != 0
+    }
+}
+
+/// Headers the scan looks for; a bit set in `wanted`.
+pub mod header {
+    pub const USER_AGENT: u32 = 1 << 0;
+    pub const FROM: u32 = 1 << 1;
+}
+
+/// Values of the wanted headers (the first occurrence of each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub user_agent: Span,
+    pub from: Span,
+}
+
+/// Finds the wanted headers between `start` (the first header line) and the empty line that
+/// ends the header block, or `len`. Header names are case-insensitive, `From` has the compact
+/// form `f`, and whitespace may precede the colon (RFC 3261 sections 7.3.1 and 25.1).
+#[inline(always)]
+pub fn find_headers(buf: &ScanBuf, start: usize, len: usize, wanted: u32) -> Headers {
+    let mut found = Headers::default();
+    // Header whose value ends at the next line end (0: none).
+    let mut open = 0u32;
+    let mut line = start;
+    let mut line_pending = true;
+    let mut index = start >> 3;
+    let mut newlines = bytes_equal(word(buf, index), b'\n') & from_byte(start & 7);
+    for _ in 0..HEADER_SCAN_STEPS {
+        if line_pending {
+            line_pending = false;
+            if line >= len {
+                break;
+            }
+            let head = load8(buf, line);
+            if head & low_bytes(2) == word_of(b"\r\n") || head & low_bytes(1) == word_of(b"\n") {
+                break;
+            }
+            open = classify_line(buf, line, head, wanted & !found_mask(&found), &mut found);
+        }
+        if newlines != 0 {
+            let newline = index * 8 + first_flagged(newlines);
+            newlines &= newlines - 1;
+            if newline >= len {
+                break;
+            }
+            close_value(&mut found, open, newline);
+            open = 0;
+            line = newline + 1;
+            line_pending = true;
+        } else {
+            index += 1;
+            if index * 8 >= len {
+                break;
+            }
+            newlines = bytes_equal(word(buf, index), b'\n');
+        }
+    }
+    close_value(&mut found, open, len);
+    found
+}
+
+#[inline(always)]
+fn found_mask(found: &Headers) -> u32 {
+    let mut mask = 0;
+    if found.user_agent.is_present() {
+        mask |= header::USER_AGENT;
+    }
+    if found.from.is_present() {
+        mask |= header::FROM;
+    }
+    mask
+}
+
+#[inline(always)]
+fn close_value(found: &mut Headers, open: u32, end: usize) {
+    if open == header::USER_AGENT {
+        found.user_agent.end = end;
+    } else if open == header::FROM {
+        found.from.end = end;
+    }
+}
+
+const USER_AGE: u64 = word_of(b"user-age");
+const NT: u64 = word_of(b"nt");
+const FROM: u64 = word_of(b"from");
+
+/// Recognises a wanted header at the start of `line` and records where its value starts.
+/// Returns the header's bit, or 0.
+#[inline(always)]
+fn classify_line(buf: &ScanBuf, line: usize, head: u64, wanted: u32, found: &mut Headers) -> u32 {
+    let name = fold_case(head);
+    let lead = name as u8;
+    if lead == b'u' && wanted & header::USER_AGENT != 0 {
+        if name == USER_AGE && fold_case(load8(buf, line + 8)) & low_bytes(2) == NT {
+            if let Some(value) = after_colon(buf, line + 10) {
+                found.user_agent.start = value;
+                return header::USER_AGENT;
+            }
+        }
+    } else if lead == b'f' && wanted & header::FROM != 0 {
+        let name_len = if name & low_bytes(4) == FROM { 4 } else { 1 };
+        if let Some(value) = after_colon(buf, line + name_len) {
+            found.from.start = value;
+            return header::FROM;
+        }
+    }
+    0
+}
+
+/// `HCOLON = *( SP / HTAB ) ":" SWS`: where the value starts, if the bytes at `pos` are up to
+/// seven blanks and a colon.
+#[inline(always)]
+fn after_colon(buf: &ScanBuf, pos: usize) -> Option<usize> {
+    let text = load8(buf, pos);
+    let blanks = bytes_equal(text, b' ') | bytes_equal(text, b'\t');
+    let others = !blanks & 0x8080_8080_8080_8080;
+    if others == 0 {
+        return None;
+    }
+    let at = first_flagged(others);
+    if (text >> (at * 8)) as u8 == b':' { Some(pos + at + 1) } else { None }
+}
+
+/// Walks the automaton over a header value; true if any pattern occurs in it.
+#[inline(always)]
+pub fn dfa_matches(dfa: &Dfa, buf: &ScanBuf, value: Span) -> bool {
+    let mut state = 0usize;
+    let mut pos = value.start;
+    for _ in 0..MAX_VALUE_BYTES {
+        if pos >= value.end {
+            break;
+        }
+        let byte = byte_at(buf, pos) as usize;
+        state = dfa.next[((state << 8) | byte) & (Dfa::STATES * 256 - 1)] as usize;
+        pos += 1;
+    }
+    state == Dfa::MATCH as usize
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+use super::*;
+
+fn buffer(message: &[u8]) -> (ScanBuf, usize) {
+    let mut buf = ScanBuf { words: [0x5a5a_5a5a_5a5a_5a5a; SCAN_WORDS] };
+    let len = message.len().min(SCAN_BYTES);
+    let bytes: &mut [u8] = unsafe {
+        core::slice::from_raw_parts_mut(buf.words.as_mut_ptr().cast::<u8>(), SCAN_BYTES + 8)
+    };
+    bytes[..len].copy_from_slice(&message[..len]);
+    seal(&mut buf, len);
+    (buf, len)
+}
+
+const REGISTER: &[u8] = b"REGISTER sip:pbx.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:1001@pbx.example.com>\r\n\
+From: \"Alice\" <sip:1001@pbx.example.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@192.0.2.10\r\n\
+CSeq: 1 REGISTER\r\n\
+User-Agent: friendly-scanner\r\n\
+Content-Length: 0\r\n\r\n";
+
+fn value<'a>(message: &'a [u8], span: Span) -> &'a [u8] {
+    &message[span.start..span.end]
+}
+
+#[test]
+fn parses_request_line_and_headers() {
+    let (buf, len) = buffer(REGISTER);
+    let start = parse_start_line(&buf, len).expect("start line");
+    assert_eq!(start.method, Method::Register);
+    assert_eq!(start.uri, 9);
+    assert_eq!(&REGISTER[start.headers..start.headers + 4], b"Via:");
+    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
+    assert_eq!(value(REGISTER, headers.user_agent), b" friendly-scanner\r");
+    assert_eq!(value(REGISTER, headers.from), b" \"Alice\" <sip:1001@pbx.example.com>;tag=1928301774\r");
+}
+
+#[test]
+fn every_method_is_recognised_and_case_sensitive() {
+    let methods = [
+        ("REGISTER", Method::Register),
+        ("INVITE", Method::Invite),
+        ("ACK", Method::Ack),
+        ("BYE", Method::Bye),
+        ("CANCEL", Method::Cancel),
+        ("OPTIONS", Method::Options),
+        ("SUBSCRIBE", Method::Subscribe),
+        ("NOTIFY", Method::Notify),
+        ("PUBLISH", Method::Publish),
+        ("INFO", Method::Info),
+        ("REFER", Method::Refer),
+        ("MESSAGE", Method::Message),
+        ("PRACK", Method::Prack),
+        ("UPDATE", Method::Update),
+        ("FOOBAR", Method::Other),
+    ];
+    for (name, method) in methods {
+        let text = format!("{name} sip:1000@192.0.2.1 SIP/2.0\r\n\r\n");
+        let (buf, len) = buffer(text.as_bytes());
+        assert_eq!(parse_start_line(&buf, len).map(|s| s.method), Some(method), "{name}");
+        let lower = text.to_lowercase();
+        let (buf, len) = buffer(lower.as_bytes());
+        assert_eq!(parse_start_line(&buf, len), None, "{lower}");
+    }
+}
+
+#[test]
+fn response_status_line() {
+    let (buf, len) = buffer(b"SIP/2.0 401 Unauthorized\r\nCSeq: 1 REGISTER\r\n\r\n");
+    let start = parse_start_line(&buf, len).unwrap();
+    assert_eq!(start.method, Method::Response);
+    assert_eq!(start.headers, 26);
+    for bad in [&b"SIP/2.0 4x1 Bad\r\n\r\n"[..], b"SIP/2.0 099 Bad\r\n\r\n", b"SIP/2.0 "] {
+        let (buf, len) = buffer(bad);
+        assert_eq!(parse_start_line(&buf, len), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn rejects_what_is_not_a_start_line() {
+    for bad in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"REGISTER sip:x SIP/3.0\r\n",
+        b"REGISTER  sip:x SIP/2.0\r\n",
+        b"REGISTER sip:x SIP/2.0",
+        b"\0\0\0\0\0\0\0\0\0\0",
+        b"\xff\xfe\xfd INVITE",
+        b"ABCDEFGHIJKLMNOPQRS sip:x SIP/2.0\r\n",
+        b"",
+    ] {
+        let (buf, len) = buffer(bad);
+        assert_eq!(parse_start_line(&buf, len), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn bare_lf_line_ends_are_tolerated() {
+    let message = b"OPTIONS sip:100@192.0.2.1 SIP/2.0\nuser-agent:sipvicious\n\n";
+    let (buf, len) = buffer(message);
+    let start = parse_start_line(&buf, len).unwrap();
+    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
+    assert_eq!(value(message, headers.user_agent), b"sipvicious");
+}
+
+#[test]
+fn header_names_fold_case_allow_blanks_and_compact_forms() {
+    let message = b"INVITE sip:1@x SIP/2.0\r\nuSeR-aGeNt \t : sipcli/v1.8\r\nf: <sip:100@1.1.1.1>\r\n\r\n";
+    let (buf, len) = buffer(message);
+    let start = parse_start_line(&buf, len).unwrap();
+    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
+    assert_eq!(value(message, headers.user_agent), b" sipcli/v1.8\r");
+    assert_eq!(value(message, headers.from), b" <sip:100@1.1.1.1>\r");
+}
+
+#[test]
+fn headers_after_the_blank_line_are_body_not_headers() {
+    let message = b"MESSAGE sip:1@x SIP/2.0\r\nContent-Length: 24\r\n\r\nUser-Agent: sipvicious\r\n";
+    let (buf, len) = buffer(message);
+    let start = parse_start_line(&buf, len).unwrap();
+    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
+    assert!(!headers.user_agent.is_present());
+}
+
+#[test]
+fn similar_names_are_not_matched() {
+    let message = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Agents: a\r\nUser-Agen: b\r\nFromage: c\r\nFrom-X: d\r\n\r\n";
+    let (buf, len) = buffer(message);
+    let start = parse_start_line(&buf, len).unwrap();
+    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
+    assert_eq!(headers, Headers::default());
+}
+
+#[test]
+fn truncated_header_value_ends_at_the_message_end() {
+    let message = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Agent: sipvici";
+    let (buf, len) = buffer(message);
+    let start = parse_start_line(&buf, len).unwrap();
+    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
+    assert_eq!(value(message, headers.user_agent), b" sipvici");
+}
+
+#[test]
+fn the_scan_reaches_a_header_at_the_end_of_a_full_window() {
+    let mut message = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
+    // Shortest possible header lines, to use every scan step.
+    while message.len() < SCAN_BYTES - 20 {
+        message.extend_from_slice(b"x:\n");
+    }
+    message.extend_from_slice(b"User-Agent: pplsip\r\n");
+    message.truncate(SCAN_BYTES);
+    let (buf, len) = buffer(&message);
+    let start = parse_start_line(&buf, len).unwrap();
+    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
+    assert!(headers.user_agent.is_present());
+    assert!(value(&message, headers.user_agent).starts_with(b" pplsip"));
+}
+
+#[test]
+fn stale_bytes_beyond_the_message_are_never_seen() {
+    // A long message first, then a short one in the same buffer.
+    let (mut buf, _) = buffer(REGISTER);
+    let short = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Ag";
+    let bytes: &mut [u8] =
+        unsafe { core::slice::from_raw_parts_mut(buf.words.as_mut_ptr().cast::<u8>(), SCAN_BYTES + 8) };
+    bytes[..short.len()].copy_from_slice(short);
+    seal(&mut buf, short.len());
+    let start = parse_start_line(&buf, short.len()).unwrap();
+    let headers = find_headers(&buf, start.headers, short.len(), header::USER_AGENT);
+    assert!(!headers.user_agent.is_present());
+}
+
+#[test]
+fn keepalives_and_stun() {
+    let (buf, len) = buffer(b"\r\n\r\n");
+    assert!(is_keepalive(&buf, len));
+    let (buf, len) = buffer(b"\r\n");
+    assert!(is_keepalive(&buf, len));
+    let (buf, len) = buffer(b"\r\n\r\nX");
+    assert!(!is_keepalive(&buf, len));
+    let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[7; 12]);
+    let (buf, len) = buffer(&stun);
+    assert!(is_stun(&buf, len));
+    stun[4] = 0x22;
+    let (buf, len) = buffer(&stun);
+    assert!(!is_stun(&buf, len));
+}
+
+#[test]
+fn uri_user_for_toll_fraud() {
+    let cases: [(&[u8], Option<&[u8]>); 7] = [
+        (b"sip:011441234@pbx SIP/2.0", Some(b"011441234")),
+        (b"SIP:+4420123;user=phone@x", Some(b"+4420123")),
+        (b"sips:00972123456789012345@x", Some(b"0097212345678901")),
+        (b"tel:+15551234 SIP/2.0", Some(b"+15551234")),
+        (b"sip:alice:secret@pbx", Some(b"alice")),
+        (b"sip:pbx.example.com SIP/2.0", Some(b"pbx.example.com")),
+        (b"http://x", None),
+    ];
+    for (uri, expected) in cases {
+        let (buf, _) = buffer(uri);
+        let got = uri_user(&buf, 0);
+        let expected = expected.map(|e| {
+            let mut user = [0u8; TOLL_PREFIX_MAX];
+            user[..e.len()].copy_from_slice(e);
+            user
+        });
+        assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(uri));
+    }
+}
+
+#[test]
+fn dfa_walk_matches_only_absorbing_state() {
+    // A hand-built automaton for the single pattern "ab" (case-folded).
+    let mut dfa = Dfa { next: [0; Dfa::STATES * 256] };
+    for state in 0..3usize {
+        for byte in 0..256usize {
+            let lower = (byte as u8).to_ascii_lowercase();
+            let next = match (state, lower) {
+                (2, _) => Dfa::MATCH,
+                (_, b'a') => 1,
+                (1, b'b') => Dfa::MATCH,
+                _ => 0,
+            };
+            let state_id = if state == 2 { Dfa::MATCH as usize } else { state };
+            dfa.next[state_id * 256 + byte] = next;
+        }
+    }
+    for byte in 0..256 {
+        dfa.next[Dfa::MATCH as usize * 256 + byte] = Dfa::MATCH;
+    }
+    let (buf, len) = buffer(b"xxAB yy");
+    assert!(dfa_matches(&dfa, &buf, Span { start: 1, end: len }));
+    assert!(!dfa_matches(&dfa, &buf, Span { start: 1, end: 3 }));
+    assert!(!dfa_matches(&dfa, &buf, Span { start: 3, end: len }));
+}
+
+/// Property: for any bytes, the parser never panics and every span it reports lies inside the
+/// message, after the start line.
+#[test]
+fn arbitrary_bytes_never_escape_the_message() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let alphabet = b"REGISTER INVITE sip:SIP/2.0\r\n:User-Agent f From \t\0\xff@;";
+    for round in 0..20_000 {
+        let mut message = b"REGISTER sip:a SIP/2.0\r\n".to_vec();
+        let extra = (round * 7) % 600;
+        for _ in 0..extra {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            message.push(alphabet[(x % alphabet.len() as u64) as usize]);
+        }
+        let (buf, len) = buffer(&message);
+        if let Some(start) = parse_start_line(&buf, len) {
+            assert!(start.headers <= len);
+            let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
+            for span in [headers.user_agent, headers.from] {
+                if span.is_present() {
+                    assert!(span.start >= start.headers && span.start <= span.end && span.end <= len, "{span:?} {len}");
+                }
+            }
+        }
+    }
+}

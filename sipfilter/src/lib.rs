@@ -1,0 +1,5 @@
+//! sipfilter's userspace: the policy file, its compilation into BPF map images, the loader that
+//! attaches and pins the XDP datapath, and the event reader. The binary (`main.rs`) is the CLI.
+
+pub mod config;
+pub mod patterns;
