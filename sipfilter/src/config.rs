@@ -1,1 +1,1400 @@
-//! Placeholder: replaced by the config work.
+//! The policy file: TOML parsed with serde into span-carrying raw structs, then validated into a
+//! [`Policy`]. Every section and key is optional (missing ones take the built-in values of
+//! [`Policy::builtin`]); every error names the file, the dotted key and the line and column.
+//!
+//! A network may be in both `sources.allow` and `sources.deny`: deny wins, as it does in the
+//! datapath, which looks the deny set up first.
+
+use std::{collections::HashMap, fmt, net::IpAddr, ops::Range, path::Path};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, de};
+use sipfilter_common::{TOLL_PREFIX_MAX, capacity};
+use toml::Spanned;
+
+// ---------------------------------------------------------------------------------------------
+// The validated policy
+// ---------------------------------------------------------------------------------------------
+
+/// A validated policy. `Default` is [`Policy::builtin`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Policy {
+    pub sip: SipPorts,
+    pub sources: Sources,
+    pub rate_limit: RateLimit,
+    pub scanners: Scanners,
+    pub toll_fraud: TollFraud,
+    pub restricted: Restricted,
+}
+
+/// Destination ports carrying SIP. TLS ports are TCP ports that get only the source checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipPorts {
+    pub udp: Vec<u16>,
+    pub tcp: Vec<u16>,
+    pub tls: Vec<u16>,
+}
+
+impl Default for SipPorts {
+    fn default() -> Self {
+        SipPorts {
+            udp: vec![5060],
+            tcp: vec![5060],
+            tls: vec![5061],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sources {
+    /// Trusted networks: they skip every check. A bare address is a /32 or /128.
+    pub allow: Vec<IpNet>,
+    /// Host names from `allow`, resolved by whoever loads the policy.
+    pub allow_hosts: Vec<String>,
+    /// Networks whose packets are dropped on every protected port; wins over `allow`.
+    pub deny: Vec<IpNet>,
+    pub untrusted_sip: UntrustedSip,
+    pub deny_mode: Mode,
+}
+
+/// What SIP ports do with sources outside `sources.allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UntrustedSip {
+    /// Run the SIP checks.
+    #[default]
+    Inspect,
+    /// Drop: the SIP ports are allowlist-only.
+    Drop,
+}
+
+/// Whether a rule drops (`enforce`) or only counts and reports what it would drop (`monitor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+/// Per-source REGISTER and INVITE limits (`None`: no limit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// IPv6 sources share one limit per prefix of this length (32..=128): one host owns a /64.
+    pub ipv6_prefix: u8,
+    pub register: Option<Rate>,
+    pub invite: Option<Rate>,
+    /// Sources the limiter tracks (an LRU); applied when the datapath is attached.
+    pub max_sources: u32,
+    pub mode: Mode,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            ipv6_prefix: 64,
+            register: Some(BUILTIN_REGISTER),
+            invite: Some(BUILTIN_INVITE),
+            max_sources: capacity::RATE_SOURCES_DEFAULT,
+            mode: Mode::Enforce,
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub rate: f64,
+    pub burst: u32,
+}
+
+const BUILTIN_REGISTER: Rate = Rate {
+    rate: 5.0,
+    burst: 10,
+};
+const BUILTIN_INVITE: Rate = Rate {
+    rate: 2.0,
+    burst: 5,
+};
+
+/// Substrings (ASCII case-insensitive) that mark a request as coming from a scanner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scanners {
+    pub user_agents: Vec<String>,
+    pub from: Vec<String>,
+    pub mode: Mode,
+}
+
+impl Default for Scanners {
+    fn default() -> Self {
+        // User-Agent strings of SIP scanning and attack tools, as they appear in scans seen in
+        // the wild and in the common PBX block lists. Each is specific enough not to occur in a
+        // legitimate phone's or PBX's User-Agent.
+        const USER_AGENTS: &[&str] = &[
+            "friendly-scanner", // SIPVicious svmap/svwar/svcrack, before 0.3
+            "sipvicious",       // SIPVicious 0.3 and later
+            "sipcli",           // sipcli, a brute-force REGISTER/INVITE tool ("sipcli/v1.8")
+            "VaxSIPUserAgent",  // toll-fraud INVITE floods
+            "pplsip",           // toll-fraud INVITE floods
+            "sip-scan",         // sip-scan scanner
+            "sundayddr",        // sundayddr scanning worm
+            "iWar",             // iWar war dialer
+            "SIVuS",            // SiVuS vulnerability scanner
+            "siparmyknife",     // SIP Army Knife fuzzer
+            "smap",             // smap SIP scanner
+        ];
+        Scanners {
+            user_agents: USER_AGENTS.iter().map(|&s| s.to_owned()).collect(),
+            // SIPVicious puts its name in the From display name: `"sipvicious"<sip:100@1.1.1.1>`.
+            from: vec!["sipvicious".to_owned()],
+            mode: Mode::Enforce,
+        }
+    }
+}
+
+/// Request-URI user prefixes that INVITEs from untrusted sources may not dial. Empty by default:
+/// refusing international numbers out of the box would break legitimate calls.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TollFraud {
+    pub deny_prefixes: Vec<String>,
+    pub mode: Mode,
+}
+
+/// Ports (not SIP) that only allowlisted sources may reach. Empty by default: restricting SSH
+/// or a web console out of the box could lock the operator out.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Restricted {
+    pub tcp: Vec<u16>,
+    pub udp: Vec<u16>,
+    pub mode: Mode,
+}
+
+impl Policy {
+    /// The policy used without `--config`: SIP on 5060 (UDP, TCP) and 5061 (TLS), no source
+    /// lists, REGISTER 5/s burst 10 and INVITE 2/s burst 5 per source, the built-in scanner
+    /// patterns, no toll-fraud prefixes and no restricted ports, everything enforced.
+    pub fn builtin() -> Policy {
+        Policy::default()
+    }
+
+    /// Parses and validates `text`; `origin` names the file in error messages.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Policy, ConfigError> {
+        let checker = Checker { text, origin };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| checker.serde_error(&e))?;
+        checker.policy(raw)
+    }
+
+    /// Reads and validates the file at `path`; an unreadable file is an error naming it.
+    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Policy::from_toml_str(&text, &origin),
+            Err(e) => Err(ConfigError {
+                origin,
+                position: None,
+                key: None,
+                message: format!("cannot read the policy file: {e}"),
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// A policy file that cannot be used, as `file:line:column: key: what is wrong`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}{}: {message}", Place(.position, .key))]
+pub struct ConfigError {
+    /// The file (or whatever name the text was given).
+    pub origin: String,
+    /// Where the offending value starts; `None` when the file could not be read.
+    pub position: Option<Position>,
+    /// Dotted path of the offending key, e.g. `sources.deny[1]`; `None` for a syntax error
+    /// outside any key or an unreadable file.
+    pub key: Option<String>,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// 1-based line and column (in characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The `:line:column: key` between the file name and the message, with the parts known.
+struct Place<'a>(&'a Option<Position>, &'a Option<String>);
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(position) = self.0 {
+            write!(f, ":{}:{}", position.line, position.column)?;
+        }
+        if let Some(key) = self.1 {
+            write!(f, ": {key}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written
+// ---------------------------------------------------------------------------------------------
+
+/// A list whose entries keep their place in the file. Numbers are read as `i64` so that an
+/// out-of-range value gets our message ("1..=65535") rather than serde's ("expected u16").
+type List<T> = Spanned<Vec<Spanned<T>>>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    sip: RawSip,
+    sources: RawSources,
+    rate_limit: RawRateLimit,
+    scanners: RawScanners,
+    toll_fraud: RawTollFraud,
+    restricted: RawRestricted,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawSip {
+    udp_ports: Option<List<i64>>,
+    tcp_ports: Option<List<i64>>,
+    tls_ports: Option<List<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawSources {
+    allow: Option<List<String>>,
+    deny: Option<List<String>>,
+    untrusted_sip: Option<UntrustedSip>,
+    deny_mode: Option<Mode>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawRateLimit {
+    ipv6_prefix: Option<Spanned<i64>>,
+    register: Option<Spanned<RawLimit>>,
+    invite: Option<Spanned<RawLimit>>,
+    max_sources: Option<Spanned<i64>>,
+    mode: Option<Mode>,
+}
+
+/// `"off"` or `{ rate = .., burst = .. }`; a key left out of the table keeps its built-in value.
+enum RawLimit {
+    Off,
+    On(RawRate),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    rate: Option<Spanned<f64>>,
+    burst: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for RawLimit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LimitVisitor;
+
+        impl<'de> de::Visitor<'de> for LimitVisitor {
+            type Value = RawLimit;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"off\" or a table like { rate = 5, burst = 10 }")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawLimit, E> {
+                if value == "off" {
+                    Ok(RawLimit::Off)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(value), &self))
+                }
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawLimit, A::Error> {
+                RawRate::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawLimit::On)
+            }
+        }
+
+        deserializer.deserialize_any(LimitVisitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawScanners {
+    user_agents: Option<List<String>>,
+    from: Option<List<String>>,
+    mode: Option<Mode>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawTollFraud {
+    deny_prefixes: Option<List<String>>,
+    mode: Option<Mode>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawRestricted {
+    tcp: Option<List<i64>>,
+    udp: Option<List<i64>>,
+    mode: Option<Mode>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+/// Entries any one list may hold: far beyond a sane policy, low enough that a runaway generated
+/// file is caught here rather than by a map insert at attach time.
+const MAX_LIST_ENTRIES: usize = 4096;
+const MAX_PATTERN_BYTES: usize = 64;
+/// Rates outside these bounds would round the datapath's nanosecond interval to 0 (which means
+/// "no limit") or overflow it.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1_000_000.0;
+const MAX_BURST: i64 = 1_000_000;
+const MAX_SOURCES: std::ops::RangeInclusive<i64> = 1024..=16_000_000;
+const IPV6_PREFIX: std::ops::RangeInclusive<i64> = 32..=128;
+
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+/// A validated port list; `span` is `None` for entries of a built-in default.
+struct PortList {
+    key: &'static str,
+    ports: Vec<(u16, Option<Range<usize>>)>,
+}
+
+impl Checker<'_> {
+    fn error(&self, key: String, span: &Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_owned(),
+            position: Some(position(self.text, span.start)),
+            key: Some(key),
+            message: message.into(),
+        }
+    }
+
+    fn serde_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span();
+        ConfigError {
+            origin: self.origin.to_owned(),
+            position: span.as_ref().map(|span| position(self.text, span.start)),
+            key: span.and_then(|span| key_at(self.text, span.start)),
+            message: plain_message(error.message()),
+        }
+    }
+
+    fn policy(&self, raw: RawPolicy) -> Result<Policy, ConfigError> {
+        let builtin = Policy::builtin();
+        let udp = self.ports("sip.udp_ports", raw.sip.udp_ports, &builtin.sip.udp)?;
+        let tcp = self.ports("sip.tcp_ports", raw.sip.tcp_ports, &builtin.sip.tcp)?;
+        let tls = self.ports("sip.tls_ports", raw.sip.tls_ports, &builtin.sip.tls)?;
+        let restricted_udp = self.ports("restricted.udp", raw.restricted.udp, &[])?;
+        let restricted_tcp = self.ports("restricted.tcp", raw.restricted.tcp, &[])?;
+        self.one_role_per_port(&[&udp, &restricted_udp])?;
+        self.one_role_per_port(&[&tcp, &tls, &restricted_tcp])?;
+
+        let sources = self.sources(raw.sources)?;
+        let rate_limit = self.rate_limit(raw.rate_limit, builtin.rate_limit)?;
+
+        let scanners = Scanners {
+            user_agents: self.patterns(
+                "scanners.user_agents",
+                raw.scanners.user_agents,
+                builtin.scanners.user_agents,
+            )?,
+            from: self.patterns("scanners.from", raw.scanners.from, builtin.scanners.from)?,
+            mode: raw.scanners.mode.unwrap_or_default(),
+        };
+        let toll_fraud = TollFraud {
+            deny_prefixes: self.toll_prefixes(raw.toll_fraud.deny_prefixes)?,
+            mode: raw.toll_fraud.mode.unwrap_or_default(),
+        };
+
+        let values = |list: PortList| list.ports.into_iter().map(|(port, _)| port).collect();
+        Ok(Policy {
+            sip: SipPorts {
+                udp: values(udp),
+                tcp: values(tcp),
+                tls: values(tls),
+            },
+            sources,
+            rate_limit,
+            scanners,
+            toll_fraud,
+            restricted: Restricted {
+                tcp: values(restricted_tcp),
+                udp: values(restricted_udp),
+                mode: raw.restricted.mode.unwrap_or_default(),
+            },
+        })
+    }
+
+    /// The entries of a list that is present, after checking its length.
+    fn entries<T>(&self, key: &str, list: List<T>) -> Result<Vec<Spanned<T>>, ConfigError> {
+        if list.get_ref().len() > MAX_LIST_ENTRIES {
+            return Err(self.error(
+                key.to_owned(),
+                &list.span(),
+                format!(
+                    "{} entries; a list may hold at most {MAX_LIST_ENTRIES}",
+                    list.get_ref().len()
+                ),
+            ));
+        }
+        Ok(list.into_inner())
+    }
+
+    fn ports(
+        &self,
+        key: &'static str,
+        list: Option<List<i64>>,
+        builtin: &[u16],
+    ) -> Result<PortList, ConfigError> {
+        let Some(list) = list else {
+            let ports = builtin.iter().map(|&port| (port, None)).collect();
+            return Ok(PortList { key, ports });
+        };
+        let mut ports = Vec::new();
+        for (index, entry) in self.entries(key, list)?.into_iter().enumerate() {
+            let span = entry.span();
+            let value = entry.into_inner();
+            let port = u16::try_from(value)
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| {
+                    self.error(
+                        format!("{key}[{index}]"),
+                        &span,
+                        format!("port {value} is out of range: ports are 1..=65535"),
+                    )
+                })?;
+            ports.push((port, Some(span)));
+        }
+        Ok(PortList { key, ports })
+    }
+
+    /// A port has one role per transport (SIP, TLS or restricted), and appears once per list.
+    fn one_role_per_port(&self, lists: &[&PortList]) -> Result<(), ConfigError> {
+        let mut seen: HashMap<u16, (&str, Option<Range<usize>>)> = HashMap::new();
+        // Built-in lists first: they never clash among themselves, so a clash is always reported
+        // at a value the operator wrote.
+        let (builtin, written): (Vec<&PortList>, Vec<&PortList>) = lists
+            .iter()
+            .copied()
+            .partition(|list| list.ports.iter().all(|(_, span)| span.is_none()));
+        for list in builtin.into_iter().chain(written) {
+            for (index, (port, span)) in list.ports.iter().enumerate() {
+                let Some((other, other_span)) = seen.get(port) else {
+                    seen.insert(*port, (list.key, span.clone()));
+                    continue;
+                };
+                let other_place = match other_span {
+                    Some(other_span) => {
+                        format!("line {}", position(self.text, other_span.start).line)
+                    }
+                    None => format!("built-in default; set {other} to change it"),
+                };
+                let message = if *other == list.key {
+                    format!("port {port} is listed twice ({other_place})")
+                } else {
+                    format!(
+                        "port {port} is also in {other} ({other_place}): on one transport a \
+                         port has one role, SIP, TLS or restricted"
+                    )
+                };
+                let span = span.clone().unwrap_or_default();
+                return Err(self.error(format!("{}[{index}]", list.key), &span, message));
+            }
+        }
+        Ok(())
+    }
+
+    fn sources(&self, raw: RawSources) -> Result<Sources, ConfigError> {
+        let mut sources = Sources {
+            untrusted_sip: raw.untrusted_sip.unwrap_or_default(),
+            deny_mode: raw.deny_mode.unwrap_or_default(),
+            ..Sources::default()
+        };
+        if let Some(list) = raw.allow {
+            for (index, entry) in self.entries("sources.allow", list)?.into_iter().enumerate() {
+                let text = entry.get_ref();
+                let problem = match parse_net(text) {
+                    Ok(net) => {
+                        sources.allow.push(net);
+                        continue;
+                    }
+                    Err(NetError::NotAddress(_)) if is_host_name(text) => {
+                        sources.allow_hosts.push(text.clone());
+                        continue;
+                    }
+                    Err(NetError::NotAddress(problem)) => format!(
+                        "{problem}; sources.allow takes addresses, CIDRs and host names, e.g. \
+                         \"192.0.2.0/24\", \"2001:db8::/48\", \"192.0.2.7\" or \"pbx.example.com\""
+                    ),
+                    Err(NetError::Invalid(problem)) => problem,
+                };
+                return Err(self.error(format!("sources.allow[{index}]"), &entry.span(), problem));
+            }
+        }
+        if let Some(list) = raw.deny {
+            for (index, entry) in self.entries("sources.deny", list)?.into_iter().enumerate() {
+                let text = entry.get_ref();
+                let problem = match parse_net(text) {
+                    Ok(net) => {
+                        sources.deny.push(net);
+                        continue;
+                    }
+                    Err(NetError::NotAddress(problem)) if is_host_name(text) => format!(
+                        "{problem}; sources.deny takes addresses and CIDRs only (host names are \
+                         accepted in sources.allow)"
+                    ),
+                    Err(NetError::NotAddress(problem)) => format!(
+                        "{problem}; sources.deny takes addresses and CIDRs, e.g. \
+                         \"203.0.113.0/24\" or \"2001:db8::1\""
+                    ),
+                    Err(NetError::Invalid(problem)) => problem,
+                };
+                return Err(self.error(format!("sources.deny[{index}]"), &entry.span(), problem));
+            }
+        }
+        Ok(sources)
+    }
+
+    fn rate_limit(&self, raw: RawRateLimit, builtin: RateLimit) -> Result<RateLimit, ConfigError> {
+        let ipv6_prefix = match raw.ipv6_prefix {
+            None => builtin.ipv6_prefix,
+            Some(value) => self.in_range("rate_limit.ipv6_prefix", &value, IPV6_PREFIX)? as u8,
+        };
+        let max_sources = match raw.max_sources {
+            None => builtin.max_sources,
+            Some(value) => self.in_range("rate_limit.max_sources", &value, MAX_SOURCES)? as u32,
+        };
+        Ok(RateLimit {
+            ipv6_prefix,
+            register: self.limit("rate_limit.register", raw.register, BUILTIN_REGISTER)?,
+            invite: self.limit("rate_limit.invite", raw.invite, BUILTIN_INVITE)?,
+            max_sources,
+            mode: raw.mode.unwrap_or_default(),
+        })
+    }
+
+    fn in_range(
+        &self,
+        key: &str,
+        value: &Spanned<i64>,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, ConfigError> {
+        let number = *value.get_ref();
+        if range.contains(&number) {
+            Ok(number)
+        } else {
+            Err(self.error(
+                key.to_owned(),
+                &value.span(),
+                format!(
+                    "{number} is out of range: allowed are {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+    }
+
+    fn limit(
+        &self,
+        key: &str,
+        raw: Option<Spanned<RawLimit>>,
+        builtin: Rate,
+    ) -> Result<Option<Rate>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Some(builtin));
+        };
+        let RawLimit::On(raw) = raw.into_inner() else {
+            return Ok(None);
+        };
+        let rate = match raw.rate {
+            None => builtin.rate,
+            Some(value) => {
+                let rate = *value.get_ref();
+                // Written so that NaN fails too.
+                if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+                    return Err(self.error(
+                        format!("{key}.rate"),
+                        &value.span(),
+                        format!(
+                            "rate {rate} is not allowed: requests per second must be a number \
+                             from {MIN_RATE} to {MAX_RATE} (e.g. 5, or 0.5 for one every two \
+                             seconds); to disable the limit write {key} = \"off\""
+                        ),
+                    ));
+                }
+                rate
+            }
+        };
+        let burst = match raw.burst {
+            None => builtin.burst,
+            Some(value) => self.in_range(&format!("{key}.burst"), &value, 1..=MAX_BURST)? as u32,
+        };
+        Ok(Some(Rate { rate, burst }))
+    }
+
+    fn patterns(
+        &self,
+        key: &str,
+        list: Option<List<String>>,
+        builtin: Vec<String>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = list else {
+            return Ok(builtin);
+        };
+        let mut patterns = Vec::new();
+        for (index, entry) in self.entries(key, list)?.into_iter().enumerate() {
+            let pattern = entry.get_ref();
+            let problem = if pattern.is_empty() {
+                Some("is empty (it would match every request)")
+            } else if pattern.len() > MAX_PATTERN_BYTES {
+                Some("is too long")
+            } else if !pattern.is_ascii() {
+                Some("is not ASCII")
+            } else if pattern.contains(['\r', '\n', '\0']) {
+                Some("contains CR, LF or NUL")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(self.error(
+                    format!("{key}[{index}]"),
+                    &entry.span(),
+                    format!(
+                        "pattern {pattern:?} {problem}: a pattern is 1 to {MAX_PATTERN_BYTES} \
+                         ASCII characters without CR, LF or NUL, matched case-insensitively \
+                         anywhere in the header"
+                    ),
+                ));
+            }
+            patterns.push(entry.into_inner());
+        }
+        Ok(patterns)
+    }
+
+    fn toll_prefixes(&self, list: Option<List<String>>) -> Result<Vec<String>, ConfigError> {
+        const KEY: &str = "toll_fraud.deny_prefixes";
+        let Some(list) = list else {
+            return Ok(Vec::new());
+        };
+        let max_entries = (capacity::TOLL_PREFIXES as usize).min(MAX_LIST_ENTRIES);
+        if list.get_ref().len() > max_entries {
+            return Err(self.error(
+                KEY.to_owned(),
+                &list.span(),
+                format!(
+                    "{} prefixes; at most {max_entries} fit in the datapath",
+                    list.get_ref().len()
+                ),
+            ));
+        }
+        let mut prefixes = Vec::new();
+        for (index, entry) in list.into_inner().into_iter().enumerate() {
+            let prefix = entry.get_ref();
+            let valid = (1..=TOLL_PREFIX_MAX).contains(&prefix.len())
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'*' | b'#'));
+            if !valid {
+                return Err(self.error(
+                    format!("{KEY}[{index}]"),
+                    &entry.span(),
+                    format!(
+                        "prefix {prefix:?} is not allowed: a prefix is 1 to {TOLL_PREFIX_MAX} of \
+                         the characters 0-9, +, * and #, e.g. \"00\", \"011\" or \"+\""
+                    ),
+                ));
+            }
+            prefixes.push(entry.into_inner());
+        }
+        Ok(prefixes)
+    }
+}
+
+/// Why a source entry is not a usable network.
+enum NetError {
+    /// Not an address or CIDR at all (in `sources.allow` it may still be a host name).
+    NotAddress(String),
+    /// An address or CIDR with a specific fault; the message says how to fix it.
+    Invalid(String),
+}
+
+/// An address (as a /32 or /128) or a CIDR without host bits.
+fn parse_net(text: &str) -> Result<IpNet, NetError> {
+    let net =
+        match text.split_once('/') {
+            None => IpNet::from(text.parse::<IpAddr>().map_err(|_| {
+                NetError::NotAddress(format!("{text:?} is not an IP address or CIDR"))
+            })?),
+            Some((addr, len)) => {
+                let addr: IpAddr = addr.parse().map_err(|_| {
+                    NetError::NotAddress(format!("{addr:?} in {text:?} is not an IP address"))
+                })?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                let net = len
+                    .parse::<u8>()
+                    .ok()
+                    .and_then(|len| IpNet::new(addr, len).ok())
+                    .ok_or_else(|| {
+                        NetError::Invalid(format!(
+                            "prefix length {len:?} in {text:?} is not 0..={max}"
+                        ))
+                    })?;
+                if net.trunc() != net {
+                    return Err(NetError::Invalid(format!(
+                        "{text:?} has host bits set: did you mean \"{}\"?",
+                        net.trunc()
+                    )));
+                }
+                net
+            }
+        };
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+    {
+        // The datapath matches IPv4 packets against the IPv4 lists only.
+        return Err(NetError::Invalid(format!(
+            "{text:?} is an IPv4-mapped IPv6 address, which IPv4 packets never carry: write {v4} \
+             instead"
+        )));
+    }
+    Ok(net)
+}
+
+/// An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, with a
+/// top-level label that is not all digits (so that "300.1.1.1" is a bad address, not a name).
+fn is_host_name(text: &str) -> bool {
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    text.len() <= 253
+        && text.split('.').all(label_ok)
+        && text
+            .rsplit('.')
+            .next()
+            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// 1-based line and column of byte `offset`.
+fn position(text: &str, offset: usize) -> Position {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    Position {
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+    }
+}
+
+/// toml's message on one line, in the file's terms rather than Rust's.
+fn plain_message(message: &str) -> String {
+    const TERMS: &[(&str, &str)] = &[
+        ("unknown field", "unknown key"),
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+    ];
+    let mut message = message.trim().replace('\n', ": ");
+    for (from, to) in TERMS {
+        message = message.replace(from, to);
+    }
+    message
+}
+
+/// Dotted path (`sources.deny[1]`) of the key or value at byte `offset`, found in toml_edit's
+/// spanned view of the same text (toml's own errors keep the path private).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let mut path = String::new();
+    locate_in_table(document.as_table(), offset, &mut path).then_some(path)
+}
+
+fn covers(span: Option<Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|span| span.contains(&offset))
+}
+
+fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+fn locate_in_table(table: &toml_edit::Table, offset: usize, path: &mut String) -> bool {
+    for (name, item) in table.iter() {
+        let mark = path.len();
+        push_key(path, name);
+        let key_span = table.key(name).and_then(toml_edit::Key::span);
+        if covers(key_span, offset) || locate_in_item(item, offset, path) {
+            return true;
+        }
+        path.truncate(mark);
+    }
+    false
+}
+
+fn locate_in_item(item: &toml_edit::Item, offset: usize, path: &mut String) -> bool {
+    match item {
+        toml_edit::Item::None => false,
+        toml_edit::Item::Value(value) => locate_in_value(value, offset, path),
+        // A header table's span is its `[header]` line only; its keys are searched first.
+        toml_edit::Item::Table(table) => {
+            locate_in_table(table, offset, path) || covers(table.span(), offset)
+        }
+        toml_edit::Item::ArrayOfTables(tables) => {
+            tables.iter().enumerate().any(|(index, table)| {
+                let mark = path.len();
+                path.push_str(&format!("[{index}]"));
+                let found = locate_in_table(table, offset, path) || covers(table.span(), offset);
+                if !found {
+                    path.truncate(mark);
+                }
+                found
+            })
+        }
+    }
+}
+
+fn locate_in_value(value: &toml_edit::Value, offset: usize, path: &mut String) -> bool {
+    match value {
+        toml_edit::Value::Array(array) => {
+            for (index, element) in array.iter().enumerate() {
+                let mark = path.len();
+                path.push_str(&format!("[{index}]"));
+                if locate_in_value(element, offset, path) {
+                    return true;
+                }
+                path.truncate(mark);
+            }
+            covers(array.span(), offset)
+        }
+        toml_edit::Value::InlineTable(table) => {
+            for (name, element) in table.iter() {
+                let mark = path.len();
+                push_key(path, name);
+                let key_span = table.key(name).and_then(toml_edit::Key::span);
+                if covers(key_span, offset) || locate_in_value(element, offset, path) {
+                    return true;
+                }
+                path.truncate(mark);
+            }
+            covers(table.span(), offset)
+        }
+        _ => covers(value.span(), offset),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"[sip]
+udp_ports = [5060]
+tcp_ports = [5060]
+tls_ports = [5061]
+
+[sources]
+allow = ["198.51.100.0/24", "2001:db8:100::/48"]
+deny = ["203.0.113.66/32"]
+untrusted_sip = "inspect"
+
+[rate_limit]
+ipv6_prefix = 64
+register = { rate = 5, burst = 10 }
+invite = { rate = 2, burst = 5 }
+
+[scanners]
+user_agents = ["friendly-scanner", "sipvicious", "sipcli", "VaxSIPUserAgent", "pplsip", "sip-scan"]
+
+[toll_fraud]
+deny_prefixes = ["00", "011", "+"]
+
+[restricted]
+tcp = [22, 8080]
+udp = [4569]
+"#;
+
+    fn parse(text: &str) -> Result<Policy, ConfigError> {
+        Policy::from_toml_str(text, "policy.toml")
+    }
+
+    /// The error for `text`, checked to name `key` and `line` the way users will read it.
+    #[track_caller]
+    fn error(text: &str, key: &str, line: usize) -> String {
+        let error = parse(text).expect_err("the policy should be refused");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!("policy.toml:{line}:")),
+            "expected line {line}: {message}"
+        );
+        assert!(
+            message.contains(&format!(": {key}: ")),
+            "expected key {key}: {message}"
+        );
+        assert_eq!(error.key.as_deref(), Some(key), "{message}");
+        message
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|&s| s.to_owned()).collect()
+    }
+
+    #[test]
+    fn spec_example() {
+        let policy = parse(SPEC_EXAMPLE).unwrap();
+        let expected = Policy {
+            sip: SipPorts {
+                udp: vec![5060],
+                tcp: vec![5060],
+                tls: vec![5061],
+            },
+            sources: Sources {
+                allow: vec![
+                    "198.51.100.0/24".parse().unwrap(),
+                    "2001:db8:100::/48".parse().unwrap(),
+                ],
+                allow_hosts: vec![],
+                deny: vec!["203.0.113.66/32".parse().unwrap()],
+                untrusted_sip: UntrustedSip::Inspect,
+                deny_mode: Mode::Enforce,
+            },
+            rate_limit: RateLimit {
+                ipv6_prefix: 64,
+                register: Some(Rate {
+                    rate: 5.0,
+                    burst: 10,
+                }),
+                invite: Some(Rate {
+                    rate: 2.0,
+                    burst: 5,
+                }),
+                max_sources: 1_000_000,
+                mode: Mode::Enforce,
+            },
+            scanners: Scanners {
+                user_agents: strings(&[
+                    "friendly-scanner",
+                    "sipvicious",
+                    "sipcli",
+                    "VaxSIPUserAgent",
+                    "pplsip",
+                    "sip-scan",
+                ]),
+                from: strings(&["sipvicious"]),
+                mode: Mode::Enforce,
+            },
+            toll_fraud: TollFraud {
+                deny_prefixes: strings(&["00", "011", "+"]),
+                mode: Mode::Enforce,
+            },
+            restricted: Restricted {
+                tcp: vec![22, 8080],
+                udp: vec![4569],
+                mode: Mode::Enforce,
+            },
+        };
+        assert_eq!(policy, expected);
+    }
+
+    #[test]
+    fn empty_file_is_builtin() {
+        assert_eq!(parse("").unwrap(), Policy::builtin());
+        assert_eq!(parse("# nothing\n\n[sip]\n").unwrap(), Policy::default());
+        let builtin = Policy::builtin();
+        assert_eq!(builtin.scanners.user_agents.len(), 11);
+        assert!(builtin.toll_fraud.deny_prefixes.is_empty());
+        assert!(builtin.restricted.tcp.is_empty() && builtin.restricted.udp.is_empty());
+    }
+
+    #[test]
+    fn modes_and_other_keys() {
+        let policy = parse(
+            r#"
+[sources]
+allow = ["192.0.2.7", "2001:db8::1", "pbx.example.com", "sbc-1"]
+deny = ["192.0.2.0/24"]
+untrusted_sip = "drop"
+deny_mode = "monitor"
+
+[rate_limit]
+ipv6_prefix = 56
+max_sources = 2000000
+mode = "monitor"
+
+[scanners]
+from = ["sipvicious", "friendly"]
+mode = "monitor"
+
+[toll_fraud]
+deny_prefixes = ["*99#"]
+mode = "monitor"
+
+[restricted]
+tcp = [22]
+mode = "monitor"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            policy.sources.allow,
+            vec![
+                "192.0.2.7/32".parse::<IpNet>().unwrap(),
+                "2001:db8::1/128".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            policy.sources.allow_hosts,
+            strings(&["pbx.example.com", "sbc-1"])
+        );
+        // In both lists: accepted, deny wins in the datapath.
+        assert_eq!(
+            policy.sources.deny,
+            vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(policy.sources.untrusted_sip, UntrustedSip::Drop);
+        assert_eq!(policy.sources.deny_mode, Mode::Monitor);
+        assert_eq!(policy.rate_limit.ipv6_prefix, 56);
+        assert_eq!(policy.rate_limit.max_sources, 2_000_000);
+        assert_eq!(policy.rate_limit.register, Some(BUILTIN_REGISTER));
+        assert_eq!(policy.rate_limit.mode, Mode::Monitor);
+        assert_eq!(policy.scanners.from, strings(&["sipvicious", "friendly"]));
+        assert_eq!(policy.scanners.user_agents, Scanners::default().user_agents);
+        assert_eq!(policy.scanners.mode, Mode::Monitor);
+        assert_eq!(policy.toll_fraud.mode, Mode::Monitor);
+        assert_eq!(policy.restricted.tcp, vec![22]);
+        assert_eq!(policy.restricted.mode, Mode::Monitor);
+        assert_eq!(policy.sip, SipPorts::default());
+    }
+
+    #[test]
+    fn fractional_rate_off_and_partial_tables() {
+        let policy =
+            parse("[rate_limit]\nregister = { rate = 0.5, burst = 3 }\ninvite = \"off\"\n")
+                .unwrap();
+        assert_eq!(
+            policy.rate_limit.register,
+            Some(Rate {
+                rate: 0.5,
+                burst: 3
+            })
+        );
+        assert_eq!(policy.rate_limit.invite, None);
+
+        let policy =
+            parse("[rate_limit]\nregister = { burst = 20 }\ninvite = { rate = 1 }\n").unwrap();
+        assert_eq!(
+            policy.rate_limit.register,
+            Some(Rate {
+                rate: 5.0,
+                burst: 20
+            })
+        );
+        assert_eq!(
+            policy.rate_limit.invite,
+            Some(Rate {
+                rate: 1.0,
+                burst: 5
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_sections() {
+        let message = error(
+            "[sip]\nudp_ports = [5060]\nudp_port = [5070]\n",
+            "sip.udp_port",
+            3,
+        );
+        assert!(message.contains("unknown key `udp_port`"), "{message}");
+        assert!(message.contains("`udp_ports`"), "{message}");
+        error("\n[sipp]\n", "sipp", 2);
+        error(
+            "[rate_limit]\nregister = { rate = 1, brust = 2 }\n",
+            "rate_limit.register.brust",
+            2,
+        );
+        error(
+            "[scanners]\n\nmode = \"enforce\"\npatterns = []\n",
+            "scanners.patterns",
+            4,
+        );
+        error("sip.udp_ports = [5060]\nsip.extra = 1\n", "sip.extra", 2);
+    }
+
+    #[test]
+    fn wrong_types() {
+        let message = error(
+            "[sip]\nudp_ports = [5060, \"5070\"]\n",
+            "sip.udp_ports[1]",
+            2,
+        );
+        assert!(message.contains("expected an integer"), "{message}");
+        error("[sip]\n\nudp_ports = 5060\n", "sip.udp_ports", 3);
+        error("sip = 5\n", "sip", 1);
+        let message = error(
+            "[sources]\nuntrusted_sip = \"reject\"\n",
+            "sources.untrusted_sip",
+            2,
+        );
+        assert!(
+            message.contains("`inspect`") && message.contains("`drop`"),
+            "{message}"
+        );
+        let message = error(
+            "[toll_fraud]\nmode = \"monitoring\"\n",
+            "toll_fraud.mode",
+            2,
+        );
+        assert!(
+            message.contains("`enforce`") && message.contains("`monitor`"),
+            "{message}"
+        );
+        let message = error("[rate_limit]\ninvite = \"no\"\n", "rate_limit.invite", 2);
+        assert!(message.contains("\"off\""), "{message}");
+        error("[rate_limit]\ninvite = 5\n", "rate_limit.invite", 2);
+        error(
+            "[rate_limit]\ninvite = { rate = \"fast\" }\n",
+            "rate_limit.invite.rate",
+            2,
+        );
+        error(
+            "[scanners]\nuser_agents = [\"a\",\n  1]\n",
+            "scanners.user_agents[1]",
+            3,
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let error = parse("[sip]\nudp_ports = [5060 5070]\n").unwrap_err();
+        assert_eq!(error.position.map(|p| p.line), Some(2), "{error}");
+        assert!(error.to_string().starts_with("policy.toml:2:"), "{error}");
+    }
+
+    #[test]
+    fn bad_addresses() {
+        let text = "[sources]\ndeny = [\n  \"203.0.113.66\",\n  \"192.0.2.0/33\",\n]\n";
+        let message = error(text, "sources.deny[1]", 4);
+        assert!(message.contains("0..=32"), "{message}");
+        let message = error(
+            "[sources]\nallow = [\"300.1.1.1\"]\n",
+            "sources.allow[0]",
+            2,
+        );
+        assert!(message.contains("\"300.1.1.1\""), "{message}");
+        assert!(message.contains("host names"), "{message}");
+        error(
+            "[sources]\nallow = [\"2001:db8::/129\"]\n",
+            "sources.allow[0]",
+            2,
+        );
+        error(
+            "[sources]\nallow = [\"not a host\"]\n",
+            "sources.allow[0]",
+            2,
+        );
+        error(
+            "[sources]\nallow = [\"-pbx.example.com\"]\n",
+            "sources.allow[0]",
+            2,
+        );
+        let message = error(
+            "[sources]\ndeny = [\"pbx.example.com\"]\n",
+            "sources.deny[0]",
+            2,
+        );
+        assert!(
+            message.contains("host names are accepted in sources.allow"),
+            "{message}"
+        );
+        let message = error(
+            "[sources]\ndeny = [\"::ffff:192.0.2.1\"]\n",
+            "sources.deny[0]",
+            2,
+        );
+        assert!(message.contains("write 192.0.2.1"), "{message}");
+    }
+
+    #[test]
+    fn host_bits_get_a_hint() {
+        let message = error(
+            "[sources]\n\nallow = [\"192.0.2.1/24\"]\n",
+            "sources.allow[0]",
+            3,
+        );
+        assert!(message.contains("host bits"), "{message}");
+        assert!(message.contains("\"192.0.2.0/24\""), "{message}");
+        let message = error(
+            "[sources]\ndeny = [\"2001:db8::1/32\"]\n",
+            "sources.deny[0]",
+            2,
+        );
+        assert!(message.contains("\"2001:db8::/32\""), "{message}");
+    }
+
+    #[test]
+    fn bad_ports() {
+        let message = error("[sip]\nudp_ports = [5060, 0]\n", "sip.udp_ports[1]", 2);
+        assert!(message.contains("1..=65535"), "{message}");
+        error("[restricted]\ntcp = [65536]\n", "restricted.tcp[0]", 2);
+        error("[restricted]\nudp = [-1]\n", "restricted.udp[0]", 2);
+        let message = error(
+            "[sip]\nudp_ports = [5060,\n 5062, 5060]\n",
+            "sip.udp_ports[2]",
+            3,
+        );
+        assert!(message.contains("listed twice (line 2)"), "{message}");
+    }
+
+    #[test]
+    fn port_roles_clash() {
+        let text = "[sip]\ntcp_ports = [5060]\ntls_ports = [5061, 5060]\n";
+        let message = error(text, "sip.tls_ports[1]", 3);
+        assert!(
+            message.contains("also in sip.tcp_ports (line 2)"),
+            "{message}"
+        );
+        let text = "[sip]\nudp_ports = [5060, 4569]\n[restricted]\nudp = [4569]\n";
+        error(text, "restricted.udp[0]", 4);
+        // Against a built-in default: reported at the written value, with the way out.
+        let message = error("[restricted]\ntcp = [22, 5061]\n", "restricted.tcp[1]", 2);
+        assert!(
+            message.contains("set sip.tls_ports to change it"),
+            "{message}"
+        );
+        let message = error("[sip]\ntcp_ports = [5061]\n", "sip.tcp_ports[0]", 2);
+        assert!(message.contains("sip.tls_ports"), "{message}");
+        // Different transports may share a number.
+        parse("[sip]\nudp_ports = [5060]\n[restricted]\ntcp = [4569]\nudp = [4569, 5061]\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_rates() {
+        for rate in ["0", "-1", "nan", "inf", "-inf", "0.0"] {
+            let text = format!("[rate_limit]\nregister = {{ rate = {rate}, burst = 10 }}\n");
+            error(&text, "rate_limit.register.rate", 2);
+        }
+        error(
+            "[rate_limit]\ninvite = { rate = 0, burst = 0 }\n",
+            "rate_limit.invite.rate",
+            2,
+        );
+        let message = error(
+            "[rate_limit]\n\ninvite = { rate = 2, burst = 0 }\n",
+            "rate_limit.invite.burst",
+            3,
+        );
+        assert!(message.contains("1..="), "{message}");
+        let message = error(
+            "[rate_limit]\nipv6_prefix = 24\n",
+            "rate_limit.ipv6_prefix",
+            2,
+        );
+        assert!(message.contains("32..=128"), "{message}");
+        error(
+            "[rate_limit]\nipv6_prefix = 129\n",
+            "rate_limit.ipv6_prefix",
+            2,
+        );
+        error(
+            "[rate_limit]\nmax_sources = 10\n",
+            "rate_limit.max_sources",
+            2,
+        );
+        error(
+            "[rate_limit]\nmax_sources = 16000001\n",
+            "rate_limit.max_sources",
+            2,
+        );
+    }
+
+    #[test]
+    fn bad_toll_prefixes() {
+        for prefix in ["", "00a", "12345678901234567", " 00", "00-"] {
+            let text = format!("[toll_fraud]\ndeny_prefixes = [\"00\", \"{prefix}\"]\n");
+            let message = error(&text, "toll_fraud.deny_prefixes[1]", 2);
+            assert!(message.contains("0-9, +, * and #"), "{message}");
+        }
+        parse("[toll_fraud]\ndeny_prefixes = [\"1234567890123456\", \"*#+0\"]\n").unwrap();
+    }
+
+    #[test]
+    fn bad_scanner_patterns() {
+        let long = "x".repeat(65);
+        for pattern in ["", long.as_str(), "scännér", "a\\r\\nb", "a\\u0000"] {
+            let text = format!("[scanners]\nfrom = [\"ok\",\n \"{pattern}\"]\n");
+            let message = error(&text, "scanners.from[1]", 3);
+            assert!(message.contains("without CR, LF or NUL"), "{message}");
+        }
+        let at_limit = "x".repeat(64);
+        parse(&format!("[scanners]\nuser_agents = [\"{at_limit}\"]\n")).unwrap();
+    }
+
+    #[test]
+    fn too_many_entries() {
+        let entries = vec!["\"a\""; MAX_LIST_ENTRIES + 1].join(", ");
+        let message = error(
+            &format!("[scanners]\n\nuser_agents = [{entries}]\n"),
+            "scanners.user_agents",
+            3,
+        );
+        assert!(message.contains("at most 4096"), "{message}");
+        let entries = vec!["\"00\""; 1025].join(", ");
+        let message = error(
+            &format!("[toll_fraud]\ndeny_prefixes = [{entries}]\n"),
+            "toll_fraud.deny_prefixes",
+            2,
+        );
+        assert!(message.contains("at most 1024"), "{message}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let path = Path::new("/nonexistent/sipfilter-policy.toml");
+        let message = Policy::load(path).unwrap_err().to_string();
+        assert!(
+            message.starts_with("/nonexistent/sipfilter-policy.toml: cannot read"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        let error = parse("[sources]\n# é\nallow = [\"é\"]\n").unwrap_err();
+        assert_eq!(
+            error.position,
+            Some(Position {
+                line: 3,
+                column: 10
+            })
+        );
+    }
+}
