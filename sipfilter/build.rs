@@ -1,9 +1,10 @@
 //! Builds the eBPF datapath (`sipfilter-ebpf`) for `bpfel-unknown-none` with the nightly
 //! toolchain and bpf-linker, and leaves the objects in `OUT_DIR` for `include_bytes_aligned!`.
 //!
-//! Not aya-build: we pass bpf-linker `--cpu=v3` (32-bit jumps, atomics) and
-//! `+allows-misaligned-mem-access` (packet fields and scan words load in one instruction, not
-//! byte by byte), which aya-build's fixed RUSTFLAGS do not allow.
+//! Not aya-build: we build for `-Ctarget-cpu=v3` (32-bit jumps, atomic adds), which aya-build's
+//! fixed RUSTFLAGS do not allow. (bpf-linker's `+allows-misaligned-mem-access` is deliberately
+//! not used: LLVM then merges byte stores into misaligned stack stores, which the verifier
+//! refuses.)
 use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
@@ -36,13 +37,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={}", linker.display());
 
     let target_dir = out_dir.join("ebpf-target");
-    let rustflags = [
-        "-Cdebuginfo=2",
-        "-Clink-arg=--btf",
-        "-Clink-arg=--cpu=v3",
-        "-Clink-arg=--cpu-features=+allows-misaligned-mem-access",
-    ]
-    .join("\x1f");
+    let rustflags = ["-Cdebuginfo=2", "-Clink-arg=--btf", "-Ctarget-cpu=v3"].join("\x1f");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&ebpf_dir)
         .args(["run", "nightly", "cargo", "build", "--release", "--bins"])
@@ -53,7 +48,9 @@ fn main() -> anyhow::Result<()> {
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTFLAGS");
-    let output = cmd.output().with_context(|| format!("failed to run {cmd:?}"))?;
+    let output = cmd
+        .output()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
     if !output.status.success() {
         for line in String::from_utf8_lossy(&output.stderr).lines() {
             println!("cargo:warning={line}");

@@ -27,7 +27,27 @@ pub mod map_names {
     pub const SCRATCH: &str = "SF_SCRATCH";
     pub const STATS: &str = "SF_STATS";
     pub const EVENTS: &str = "SF_EVENTS";
+    pub const STAGES: &str = "SF_STAGES";
 }
+
+/// Names of the programs in the datapath object.
+pub mod program_names {
+    /// The XDP entry point, attached to interfaces.
+    pub const MAIN: &str = "sipfilter";
+    /// The SIP stage, reached from `MAIN` by tail call through `SF_STAGES`.
+    pub const SIP: &str = "sipfilter_sip";
+    /// The header scan, reached from `SIP` by tail call.
+    pub const HEADERS: &str = "sipfilter_headers";
+}
+
+/// `SF_STAGES` indices. The SIP checks run as programs of their own, entered by tail call with
+/// their inputs in a per-CPU hand-off map: the verifier then checks each stage once, from one
+/// state, instead of once per path through the parsers before it (VLAN tags, IPv4 options,
+/// IPv6 extension headers, source-list outcomes), which would exceed its budget.
+pub const STAGE_SIP: u32 = 0;
+pub const STAGE_HEADERS: u32 = 1;
+/// Entries of `SF_STAGES`.
+pub const STAGES: u32 = 2;
 
 /// Capacities of the maps whose size is fixed at load time.
 pub mod capacity {
@@ -53,8 +73,9 @@ pub mod capacity {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// Not IPv4/IPv6, or an L2/L3 header the parser does not handle: passed untouched.
-    NotIp = 0,
+    /// Not IPv4/IPv6, or headers too short to find the destination port: passed untouched (the
+    /// kernel drops what is truly broken).
+    Unparsed = 0,
     /// Neither a SIP, TLS nor restricted port (or not UDP/TCP): passed.
     Unprotected = 1,
     /// Source in the allow set: passed without further checks.
@@ -100,7 +121,7 @@ impl Reason {
     pub const COUNT: u32 = 20;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
-        Reason::NotIp,
+        Reason::Unparsed,
         Reason::Unprotected,
         Reason::Allowlisted,
         Reason::SipOk,
@@ -130,7 +151,7 @@ impl Reason {
     /// Prometheus label value.
     pub const fn name(self) -> &'static str {
         match self {
-            Reason::NotIp => "not_ip",
+            Reason::Unparsed => "unparsed",
             Reason::Unprotected => "unprotected",
             Reason::Allowlisted => "allowlisted",
             Reason::SipOk => "sip_ok",
@@ -373,21 +394,8 @@ impl Default for PortBlock {
 // Source lists, bans and the source hints
 // ---------------------------------------------------------------------------------------------
 
-/// Key of the IPv4 LPM tries (`prefix_len` then the address in network order).
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lpm4Key {
-    pub prefix_len: u32,
-    pub addr: [u8; 4],
-}
-
-/// Key of the IPv6 LPM tries.
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lpm6Key {
-    pub prefix_len: u32,
-    pub addr: [u8; 16],
-}
+// The allow, deny and toll-fraud tries are keyed by aya's `lpm_trie::Key<[u8; N]>`
+// (`prefix_len: u32` then the data): addresses in network order, toll prefixes as text.
 
 /// Value of the allow and deny tries.
 #[repr(C)]
@@ -398,8 +406,9 @@ pub struct SourceRule {
 }
 
 /// Key of per-source state (bans, rate limiter): IPv4 as an IPv4-mapped IPv6 address
-/// (`::ffff:a.b.c.d`), IPv6 masked to `Config::ipv6_prefix_len`.
-#[repr(C)]
+/// (`::ffff:a.b.c.d`), IPv6 masked to `Config::ipv6_prefix_len`. 8-byte aligned so the
+/// datapath can build it on the stack with aligned stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     pub addr: [u8; 16],
@@ -457,16 +466,9 @@ pub struct RateState {
 // Toll-fraud prefixes
 // ---------------------------------------------------------------------------------------------
 
-/// Bytes of the Request-URI user compared against the toll-fraud prefixes.
+/// Bytes of the Request-URI user compared against the toll-fraud prefixes (`SF_TOLL` is an LPM
+/// trie keyed by these bytes; a prefix of n bytes has `prefix_len` 8n).
 pub const TOLL_PREFIX_MAX: usize = 16;
-
-/// Key of `SF_TOLL` (LPM trie): `prefix_len` is 8 x the prefix's length in bytes.
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TollKey {
-    pub prefix_len: u32,
-    pub digits: [u8; TOLL_PREFIX_MAX],
-}
 
 // ---------------------------------------------------------------------------------------------
 // Pattern automata
@@ -493,24 +495,6 @@ impl Dfa {
     pub const FROM: u32 = 1;
     /// Entries of `SF_PATTERNS`.
     pub const LISTS: u32 = 2;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Scratch buffer
-// ---------------------------------------------------------------------------------------------
-
-/// Bytes of a SIP message the datapath copies and inspects. A power of two, so masking keeps
-/// every index provably inside the buffer. Headers beyond it are not inspected.
-pub const SCAN_BYTES: usize = 2048;
-/// Words of the scan buffer: one word more than `SCAN_BYTES` so a two-word read starting at any
-/// masked index stays inside.
-pub const SCAN_WORDS: usize = SCAN_BYTES / 8 + 1;
-
-/// Per-CPU scratch buffer (`SF_SCRATCH`), too large for the 512-byte eBPF stack.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ScanBuf {
-    pub words: [u64; SCAN_WORDS],
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -589,18 +573,13 @@ pub struct Event {
 const _: () = assert!(core::mem::size_of::<RateParams>() == 16);
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
 const _: () = assert!(core::mem::size_of::<PortBlock>() == 256);
-const _: () = assert!(core::mem::size_of::<Lpm4Key>() == 8);
-const _: () = assert!(core::mem::size_of::<Lpm6Key>() == 20);
 const _: () = assert!(core::mem::size_of::<SourceRule>() == 8);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Ban>() == 8);
 const _: () = assert!(core::mem::size_of::<HintBlock>() == 256);
 const _: () = assert!(core::mem::size_of::<RateState>() == 24);
-const _: () = assert!(core::mem::size_of::<TollKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Dfa>() == 65_536);
-const _: () = assert!(core::mem::size_of::<ScanBuf>() == SCAN_BYTES + 8);
 const _: () = assert!(core::mem::size_of::<Event>() == 72);
-const _: () = assert!(SCAN_BYTES.is_power_of_two());
 const _: () = assert!(Dfa::STATES == 256);
 
 #[cfg(feature = "user")]
@@ -610,14 +589,11 @@ mod pod {
     // uninitialised by construction and no invalid bit patterns.
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PortBlock {}
-    unsafe impl aya::Pod for Lpm4Key {}
-    unsafe impl aya::Pod for Lpm6Key {}
     unsafe impl aya::Pod for SourceRule {}
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for Ban {}
     unsafe impl aya::Pod for HintBlock {}
     unsafe impl aya::Pod for RateState {}
-    unsafe impl aya::Pod for TollKey {}
     unsafe impl aya::Pod for Dfa {}
     unsafe impl aya::Pod for Event {}
 }

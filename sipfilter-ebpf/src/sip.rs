@@ -5,18 +5,125 @@
 //! can prove each read in bounds without following the parse, and every loop has a named bound.
 //! The caller copies at most [`SCAN_BYTES`] of the message and calls [`seal`] first.
 
-use sipfilter_common::{Dfa, Method, SCAN_BYTES, SCAN_WORDS, ScanBuf, TOLL_PREFIX_MAX};
+use sipfilter_common::{Dfa, Method, TOLL_PREFIX_MAX};
 
-use crate::swar::{bytes_equal, first_flagged, fold_case, from_byte, low_bytes, word_of};
+use crate::swar::{
+    bytes_equal, clear_first_flagged, first_flagged, fold_case, from_byte, low_bytes, opaque,
+    word_of,
+};
+
+/// Bytes of a SIP message the datapath copies and inspects. A power of two, so masking keeps
+/// every index provably inside the buffer. Headers beyond it are not inspected.
+pub const SCAN_BYTES: usize = 2048;
+/// Words of the scan window, plus one so a two-word read starting at any masked index stays
+/// inside.
+pub const SCAN_WORDS: usize = SCAN_BYTES / 8 + 1;
+
+/// Per-CPU scratch space of the SIP stage (`SF_SCRATCH`), too large for the 512-byte stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ScanBuf {
+    /// The message's first bytes, as little-endian words.
+    pub words: [u64; SCAN_WORDS],
+    /// Results of the header scan. They live in the map value, not in locals: the verifier does
+    /// not track map memory, so a header found in one iteration does not split its state for
+    /// every iteration after it (which would make verification quadratic in the loop length).
+    pub found: Headers,
+    /// The header whose value ends at the next line end (0: none); in memory for the same reason.
+    open: u64,
+    /// Round trip through memory for [`ScanBuf::widen`].
+    pub spill: u64,
+}
+
+/// Fields of [`ScanBuf::found`] and [`ScanBuf::open`] are read and written through these
+/// volatile accessors: with plain accesses LLVM keeps them in registers across the scan loop
+/// (the buffer is `&mut`, nothing else can write it), and the verifier is back to one state per
+/// combination of found headers.
+#[derive(Clone, Copy)]
+enum Slot {
+    UserAgentStart,
+    UserAgentEnd,
+    FromStart,
+    FromEnd,
+    Complete,
+    Open,
+}
+
+impl ScanBuf {
+    #[inline(always)]
+    fn slot(&mut self, slot: Slot) -> *mut u64 {
+        match slot {
+            Slot::UserAgentStart => &raw mut self.found.user_agent.start,
+            Slot::UserAgentEnd => &raw mut self.found.user_agent.end,
+            Slot::FromStart => &raw mut self.found.from.start,
+            Slot::FromEnd => &raw mut self.found.from.end,
+            Slot::Complete => &raw mut self.found.complete,
+            Slot::Open => &raw mut self.open,
+        }
+    }
+
+    #[inline(always)]
+    fn get(&mut self, slot: Slot) -> u64 {
+        // SAFETY: a field of `self`.
+        unsafe { self.slot(slot).read_volatile() }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, slot: Slot, value: u64) {
+        // SAFETY: a field of `self`.
+        unsafe { self.slot(slot).write_volatile(value) }
+    }
+
+    /// Returns `value` unchanged, but as far as the verifier knows, any value: it does not track
+    /// what a map value holds. Used where several branches meet with values the verifier knows
+    /// exactly (a method, a position found in a given loop iteration): unless they are widened,
+    /// the verifier walks all that follows once per branch instead of once in all.
+    #[inline(always)]
+    pub fn widen(&mut self, value: usize) -> usize {
+        let slot = &raw mut self.spill;
+        // SAFETY: a field of `self`, written then read.
+        unsafe {
+            slot.write_volatile(value as u64);
+            slot.read_volatile() as usize
+        }
+    }
+}
+
+const _: () = assert!(SCAN_BYTES.is_power_of_two());
 
 /// Keeps a word index inside the window; the buffer has one extra word so `index + 1` is
 /// always in bounds too.
 const WORD_INDEX_MASK: usize = SCAN_BYTES / 8 - 1;
 
-/// Steps of the header scan: each step either moves to the next word or consumes one line end.
-/// A window holds `SCAN_BYTES / 8` words and at most `SCAN_BYTES / 3` lines (the shortest header
-/// line is `x:` LF), so with this many steps the scan never stops before the window's end.
-const HEADER_SCAN_STEPS: usize = SCAN_BYTES / 8 + SCAN_BYTES / 3 + 1;
+/// Keeps a loop-carried position bounded for the verifier (every position is below
+/// `SCAN_BYTES`, so the mask never changes a value).
+///
+/// Why loops look the way they do: the verifier walks a bounded loop once per iteration unless
+/// the state at the loop head repeats. A counter that starts at a constant is tracked exactly,
+/// so nothing ever repeats and a 900-step scan costs the full 1M-instruction budget. So each
+/// loop counts down a budget computed from the message length (a value the verifier only knows
+/// as a range), and every position it carries is masked: after two or three iterations the
+/// states repeat and the rest is pruned.
+const POS_MASK: usize = 2 * SCAN_BYTES - 1;
+
+#[inline(always)]
+fn bounded(pos: usize) -> usize {
+    opaque(pos) & POS_MASK
+}
+
+/// Header lines the scan follows within the window. Real messages have a few dozen, even
+/// through several proxies; a message with more is not inspected further, and the caller
+/// learns so from [`Headers::complete`].
+pub const MAX_HEADER_LINES: usize = 128;
+
+/// Steps of the header scan for a message of `len` bytes: each step either moves to the next
+/// word or consumes one line end. The verifier walks every step of the first path through the
+/// loop and keeps a pending state per open branch (at most 8192), so this bound also keeps the
+/// program loadable.
+#[inline(always)]
+fn header_scan_steps(len: usize) -> usize {
+    len.min(SCAN_BYTES) / 8 + 1 + MAX_HEADER_LINES
+}
 
 /// Bytes of a header value fed to a pattern automaton. User-Agent and From values are far
 /// shorter; a longer value is inspected up to here.
@@ -43,13 +150,13 @@ pub fn seal(buf: &mut ScanBuf, len: usize) {
 
 #[inline(always)]
 fn word(buf: &ScanBuf, index: usize) -> u64 {
-    buf.words[index & WORD_INDEX_MASK]
+    buf.words[opaque(index) & WORD_INDEX_MASK]
 }
 
 /// The 8 bytes starting at `pos`, as a little-endian word (byte `pos` lowest).
 #[inline(always)]
 pub fn load8(buf: &ScanBuf, pos: usize) -> u64 {
-    let index = (pos >> 3) & WORD_INDEX_MASK;
+    let index = opaque(pos >> 3) & WORD_INDEX_MASK;
     let shift = ((pos & 7) * 8) as u32;
     let low = buf.words[index] >> shift;
     // Two shifts so that `shift == 0` shifts the next word out entirely (a single shift by 64
@@ -65,15 +172,17 @@ pub fn byte_at(buf: &ScanBuf, pos: usize) -> u8 {
 
 /// Position of the first `byte` (not zero) at or after `from` and before `len`.
 #[inline(always)]
-pub fn find_byte(buf: &ScanBuf, from: usize, len: usize, byte: u8) -> Option<usize> {
+pub fn find_byte(buf: &mut ScanBuf, from: usize, len: usize, byte: u8) -> Option<usize> {
     let mut index = from >> 3;
     let mut mask = bytes_equal(word(buf, index), byte) & from_byte(from & 7);
-    for _ in 0..SCAN_BYTES / 8 {
+    let mut budget = opaque(len / 8 + 1);
+    while budget != 0 {
+        budget -= 1;
         if mask != 0 {
-            let pos = index * 8 + first_flagged(mask);
+            let pos = bounded(buf.widen(index * 8 + first_flagged(mask)));
             return if pos < len { Some(pos) } else { None };
         }
-        index += 1;
+        index = bounded(index + 1);
         if index * 8 >= len {
             return None;
         }
@@ -96,7 +205,10 @@ pub fn is_stun(buf: &ScanBuf, len: usize) -> bool {
     let head = buf.words[0];
     let cookie = (head >> 32) as u32;
     let body_len = u16::from_be(((head >> 16) & 0xffff) as u16) as usize;
-    len >= 20 && head & 0xc0 == 0 && cookie == u32::from_le_bytes([0x21, 0x12, 0xa4, 0x42]) && body_len + 20 <= len
+    len >= 20
+        && head & 0xc0 == 0
+        && cookie == u32::from_le_bytes([0x21, 0x12, 0xa4, 0x42])
+        && body_len + 20 <= len
 }
 
 /// What the first line of a message says.
@@ -125,7 +237,12 @@ const fn token(method: Method, text: &[u8]) -> MethodToken {
         second[i - 8] = text[i];
         i += 1;
     }
-    MethodToken { method, len: text.len(), first: word_of(text), second: word_of(&second) }
+    MethodToken {
+        method,
+        len: text.len(),
+        first: word_of(text),
+        second: word_of(&second),
+    }
 }
 
 /// Most frequent first: the scan stops at the first match.
@@ -153,29 +270,46 @@ const SIP_VERSION: u64 = word_of(b"SIP/2.0");
 /// `SIP/2.0 SP Status-Code SP Reason CRLF`. `None` when the message does not start with one
 /// (not SIP, or for TCP a segment that continues an earlier message).
 #[inline(always)]
-pub fn parse_start_line(buf: &ScanBuf, len: usize) -> Option<StartLine> {
+pub fn parse_start_line(buf: &mut ScanBuf, len: usize) -> Option<StartLine> {
     let first = buf.words[0];
     let second = buf.words[1];
     if len >= 12 && first == SIP_VERSION_SP {
         let status = second.to_le_bytes();
-        if !(b'1'..=b'6').contains(&status[0]) || !status[1].is_ascii_digit() || !status[2].is_ascii_digit() {
+        if !(b'1'..=b'6').contains(&status[0])
+            || !status[1].is_ascii_digit()
+            || !status[2].is_ascii_digit()
+        {
             return None;
         }
         let line_end = find_byte(buf, 11, len, b'\n')?;
-        return Some(StartLine { method: Method::Response, uri: 0, headers: line_end + 1 });
+        return Some(StartLine {
+            method: Method::Response,
+            uri: 0,
+            headers: line_end + 1,
+        });
     }
 
     let (method, uri) = match_method(first, second)?;
+    let method = Method::from_u8(buf.widen(method as usize) as u8)?;
+    let uri = bounded(buf.widen(uri));
     if uri >= len || byte_at(buf, uri) == b' ' {
         return None;
     }
     let line_end = find_byte(buf, uri, len, b'\n')?;
     // The line ends in `SP SIP/2.0` and CRLF (a bare LF is tolerated, as most parsers do).
-    let before_cr = if line_end > 0 && byte_at(buf, line_end - 1) == b'\r' { line_end - 1 } else { line_end };
+    let before_cr = if line_end > 0 && byte_at(buf, line_end - 1) == b'\r' {
+        line_end - 1
+    } else {
+        line_end
+    };
     if before_cr < uri + 8 || load8(buf, before_cr - 8) != (SIP_VERSION << 8 | u64::from(b' ')) {
         return None;
     }
-    Some(StartLine { method, uri, headers: line_end + 1 })
+    Some(StartLine {
+        method,
+        uri,
+        headers: line_end + 1,
+    })
 }
 
 #[inline(always)]
@@ -217,13 +351,14 @@ fn match_method(first: u64, second: u64) -> Option<(Method, usize)> {
 #[inline(always)]
 pub fn uri_user(buf: &ScanBuf, uri: usize) -> Option<[u8; TOLL_PREFIX_MAX]> {
     let scheme = fold_case(load8(buf, uri));
-    let skip = if scheme & low_bytes(4) == word_of(b"sip:") || scheme & low_bytes(4) == word_of(b"tel:") {
-        4
-    } else if scheme & low_bytes(5) == word_of(b"sips:") {
-        5
-    } else {
-        return None;
-    };
+    let skip =
+        if scheme & low_bytes(4) == word_of(b"sip:") || scheme & low_bytes(4) == word_of(b"tel:") {
+            4
+        } else if scheme & low_bytes(5) == word_of(b"sips:") {
+            5
+        } else {
+            return None;
+        };
     let mut first = load8(buf, uri + skip);
     let mut second = load8(buf, uri + skip + 8);
     let stop = |word: u64| {
@@ -253,10 +388,11 @@ pub fn uri_user(buf: &ScanBuf, uri: usize) -> Option<[u8; TOLL_PREFIX_MAX]> {
 
 /// Where a header's value lies: `start..end`, `start == 0` when the header is absent (no value
 /// can start at 0, which holds the start line).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
-    pub start: usize,
-    pub end: usize,
+    pub start: u64,
+    pub end: u64,
 }
 
 impl Span {
@@ -267,82 +403,122 @@ impl Span {
 
 /// Headers the scan looks for; a bit set in `wanted`.
 pub mod header {
-    pub const USER_AGENT: u32 = 1 << 0;
-    pub const FROM: u32 = 1 << 1;
+    pub const USER_AGENT: u64 = 1 << 0;
+    pub const FROM: u64 = 1 << 1;
 }
 
 /// Values of the wanted headers (the first occurrence of each).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
     pub user_agent: Span,
     pub from: Span,
+    /// The scan reached the end of the headers or of the window; false when the message has
+    /// more than [`MAX_HEADER_LINES`] header lines before it. A word, not a `bool`, so the
+    /// struct has no padding and is cleared with word stores rather than a `memset` call.
+    pub complete: u64,
+}
+
+impl Headers {
+    pub const fn is_complete(&self) -> bool {
+        self.complete != 0
+    }
 }
 
 /// Finds the wanted headers between `start` (the first header line) and the empty line that
 /// ends the header block, or `len`. Header names are case-insensitive, `From` has the compact
-/// form `f`, and whitespace may precede the colon (RFC 3261 sections 7.3.1 and 25.1).
+/// form `f`, and whitespace may precede the colon (RFC 3261 sections 7.3.1 and 25.1). The
+/// result is also left in `buf.found`.
 #[inline(always)]
-pub fn find_headers(buf: &ScanBuf, start: usize, len: usize, wanted: u32) -> Headers {
-    let mut found = Headers::default();
-    // Header whose value ends at the next line end (0: none).
-    let mut open = 0u32;
-    let mut line = start;
-    let mut line_pending = true;
+pub fn find_headers(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) -> Headers {
+    for slot in [
+        Slot::UserAgentStart,
+        Slot::UserAgentEnd,
+        Slot::FromStart,
+        Slot::FromEnd,
+        Slot::Complete,
+        Slot::Open,
+    ] {
+        buf.set(slot, 0);
+    }
+    if inspect_line(buf, start, len, wanted) {
+        scan_lines(buf, start, len, wanted);
+    } else {
+        buf.set(Slot::Complete, 1);
+    }
+    close_value(buf, len);
+    buf.found
+}
+
+#[inline(always)]
+fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
     let mut index = start >> 3;
     let mut newlines = bytes_equal(word(buf, index), b'\n') & from_byte(start & 7);
-    for _ in 0..HEADER_SCAN_STEPS {
-        if line_pending {
-            line_pending = false;
-            if line >= len {
-                break;
-            }
-            let head = load8(buf, line);
-            if head & low_bytes(2) == word_of(b"\r\n") || head & low_bytes(1) == word_of(b"\n") {
-                break;
-            }
-            open = classify_line(buf, line, head, wanted & !found_mask(&found), &mut found);
-        }
+    let mut budget = opaque(header_scan_steps(len));
+    // Set only on the way out of the loop, so it does not split the loop's states.
+    let mut complete = false;
+    while budget != 0 {
+        budget -= 1;
         if newlines != 0 {
             let newline = index * 8 + first_flagged(newlines);
-            newlines &= newlines - 1;
+            newlines = clear_first_flagged(newlines);
             if newline >= len {
+                complete = true;
                 break;
             }
-            close_value(&mut found, open, newline);
-            open = 0;
-            line = newline + 1;
-            line_pending = true;
+            close_value(buf, newline);
+            if !inspect_line(buf, bounded(newline + 1), len, wanted) {
+                complete = true;
+                break;
+            }
         } else {
-            index += 1;
+            // Widened, not just masked: a path that consumed a line end and one that moved on
+            // a word must meet at the next step with the same index range, or the verifier
+            // cannot tell they converge and walks every path to the end of the loop.
+            index = buf.widen(index + 1) & (2 * SCAN_BYTES / 8 - 1);
             if index * 8 >= len {
+                complete = true;
                 break;
             }
             newlines = bytes_equal(word(buf, index), b'\n');
         }
     }
-    close_value(&mut found, open, len);
-    found
+    // Out of budget means more header lines than the scan follows.
+    buf.set(Slot::Complete, u64::from(complete));
+}
+
+/// Looks at the line starting at `line`: false at the end of the header block.
+#[inline(always)]
+fn inspect_line(buf: &mut ScanBuf, line: usize, len: usize, wanted: u64) -> bool {
+    if line >= len {
+        return false;
+    }
+    let head = load8(buf, line);
+    if head & low_bytes(2) == word_of(b"\r\n") || head & low_bytes(1) == word_of(b"\n") {
+        return false;
+    }
+    let mut wanted = wanted;
+    if buf.get(Slot::UserAgentStart) != 0 {
+        wanted &= !header::USER_AGENT;
+    }
+    if buf.get(Slot::FromStart) != 0 {
+        wanted &= !header::FROM;
+    }
+    if wanted != 0 {
+        classify_line(buf, line, head, wanted);
+    }
+    true
 }
 
 #[inline(always)]
-fn found_mask(found: &Headers) -> u32 {
-    let mut mask = 0;
-    if found.user_agent.is_present() {
-        mask |= header::USER_AGENT;
-    }
-    if found.from.is_present() {
-        mask |= header::FROM;
-    }
-    mask
-}
-
-#[inline(always)]
-fn close_value(found: &mut Headers, open: u32, end: usize) {
+fn close_value(buf: &mut ScanBuf, end: usize) {
+    let open = buf.get(Slot::Open);
     if open == header::USER_AGENT {
-        found.user_agent.end = end;
+        buf.set(Slot::UserAgentEnd, end as u64);
     } else if open == header::FROM {
-        found.from.end = end;
+        buf.set(Slot::FromEnd, end as u64);
     }
+    buf.set(Slot::Open, 0);
 }
 
 const USER_AGE: u64 = word_of(b"user-age");
@@ -350,26 +526,25 @@ const NT: u64 = word_of(b"nt");
 const FROM: u64 = word_of(b"from");
 
 /// Recognises a wanted header at the start of `line` and records where its value starts.
-/// Returns the header's bit, or 0.
 #[inline(always)]
-fn classify_line(buf: &ScanBuf, line: usize, head: u64, wanted: u32, found: &mut Headers) -> u32 {
+fn classify_line(buf: &mut ScanBuf, line: usize, head: u64, wanted: u64) {
     let name = fold_case(head);
     let lead = name as u8;
     if lead == b'u' && wanted & header::USER_AGENT != 0 {
-        if name == USER_AGE && fold_case(load8(buf, line + 8)) & low_bytes(2) == NT {
-            if let Some(value) = after_colon(buf, line + 10) {
-                found.user_agent.start = value;
-                return header::USER_AGENT;
-            }
+        if name == USER_AGE
+            && fold_case(load8(buf, line + 8)) & low_bytes(2) == NT
+            && let Some(value) = after_colon(buf, line + 10)
+        {
+            buf.set(Slot::UserAgentStart, value as u64);
+            buf.set(Slot::Open, header::USER_AGENT);
         }
     } else if lead == b'f' && wanted & header::FROM != 0 {
         let name_len = if name & low_bytes(4) == FROM { 4 } else { 1 };
         if let Some(value) = after_colon(buf, line + name_len) {
-            found.from.start = value;
-            return header::FROM;
+            buf.set(Slot::FromStart, value as u64);
+            buf.set(Slot::Open, header::FROM);
         }
     }
-    0
 }
 
 /// `HCOLON = *( SP / HTAB ) ":" SWS`: where the value starts, if the bytes at `pos` are up to
@@ -383,21 +558,27 @@ fn after_colon(buf: &ScanBuf, pos: usize) -> Option<usize> {
         return None;
     }
     let at = first_flagged(others);
-    if (text >> (at * 8)) as u8 == b':' { Some(pos + at + 1) } else { None }
+    if (text >> (at * 8)) as u8 == b':' {
+        Some(pos + at + 1)
+    } else {
+        None
+    }
 }
 
 /// Walks the automaton over a header value; true if any pattern occurs in it.
 #[inline(always)]
 pub fn dfa_matches(dfa: &Dfa, buf: &ScanBuf, value: Span) -> bool {
     let mut state = 0usize;
-    let mut pos = value.start;
-    for _ in 0..MAX_VALUE_BYTES {
-        if pos >= value.end {
-            break;
-        }
+    let mut pos = value.start as usize;
+    // Opaque, so the loop's entry test is on the budget itself: LLVM would otherwise test
+    // `end > start` on other registers, and the verifier would walk a loop entered with a zero
+    // budget.
+    let mut budget = opaque((value.end.saturating_sub(value.start) as usize).min(MAX_VALUE_BYTES));
+    while budget != 0 {
+        budget -= 1;
         let byte = byte_at(buf, pos) as usize;
         state = dfa.next[((state << 8) | byte) & (Dfa::STATES * 256 - 1)] as usize;
-        pos += 1;
+        pos = bounded(pos + 1);
     }
     state == Dfa::MATCH as usize
 }

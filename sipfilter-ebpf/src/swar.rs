@@ -46,6 +46,40 @@ pub const fn fold_case(word: u64) -> u64 {
     word | 0x2020_2020_2020_2020
 }
 
+/// Hides `value` from the optimiser. LLVM drops a mask it can prove redundant and may then
+/// compute the index in another register than the one the bounds were checked on; the verifier
+/// tracks registers, not values, and rejects the access. Masking an opaque value keeps the mask
+/// on the register that indexes memory (the `barrier_var` idiom of the kernel's selftests).
+#[inline(always)]
+pub fn opaque(value: usize) -> usize {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut value = value;
+        // SAFETY: a register move with no other effect.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) value, options(pure, nomem, nostack)) };
+        value
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        value
+    }
+}
+
+/// [`opaque`] for a word.
+#[inline(always)]
+pub fn opaque_word(value: u64) -> u64 {
+    opaque(value as usize) as u64
+}
+
+/// Clears the lowest flagged byte of a mask from [`zero_bytes`]. The result is masked again
+/// (opaquely, or LLVM drops it): the verifier's bit tracking of `m & (m - 1)` admits low bits
+/// that cannot be set, and a mask whose tracked bits differ from one path to the next stops
+/// the verifier from recognising loop states it has already proven safe.
+#[inline(always)]
+pub fn clear_first_flagged(mask: u64) -> u64 {
+    opaque_word(mask & mask.wrapping_sub(1)) & 0x8080_8080_8080_8080
+}
+
 /// The first `N` bytes of a byte string as a little-endian word, for comparisons.
 pub const fn word_of(text: &[u8]) -> u64 {
     let mut word = 0u64;
@@ -79,7 +113,11 @@ mod tests {
         ];
         for word in samples {
             for byte in [b'\n', 0, 0xff, b'\r', 0x80, 0x0b] {
-                assert_eq!(bytes_equal(word, byte), naive(word, byte), "{word:#x} {byte:#x}");
+                assert_eq!(
+                    bytes_equal(word, byte),
+                    naive(word, byte),
+                    "{word:#x} {byte:#x}"
+                );
             }
         }
     }

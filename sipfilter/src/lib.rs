@@ -1,5 +1,9 @@
 //! sipfilter's userspace: the policy file, its compilation into BPF map images, the loader that
 //! attaches and pins the XDP datapath, and the event reader. The binary (`main.rs`) is the CLI.
 
+pub mod compile;
 pub mod config;
+pub mod datapath;
+pub mod events;
+pub mod netns;
 pub mod patterns;

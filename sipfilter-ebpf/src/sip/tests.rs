@@ -1,7 +1,12 @@
 use super::*;
 
 fn buffer(message: &[u8]) -> (ScanBuf, usize) {
-    let mut buf = ScanBuf { words: [0x5a5a_5a5a_5a5a_5a5a; SCAN_WORDS] };
+    let mut buf = ScanBuf {
+        words: [0x5a5a_5a5a_5a5a_5a5a; SCAN_WORDS],
+        found: Headers::default(),
+        open: 7,
+        spill: 0,
+    };
     let len = message.len().min(SCAN_BYTES);
     let bytes: &mut [u8] = unsafe {
         core::slice::from_raw_parts_mut(buf.words.as_mut_ptr().cast::<u8>(), SCAN_BYTES + 8)
@@ -21,20 +26,28 @@ CSeq: 1 REGISTER\r\n\
 User-Agent: friendly-scanner\r\n\
 Content-Length: 0\r\n\r\n";
 
-fn value<'a>(message: &'a [u8], span: Span) -> &'a [u8] {
-    &message[span.start..span.end]
+fn value(message: &[u8], span: Span) -> &[u8] {
+    &message[span.start as usize..span.end as usize]
 }
 
 #[test]
 fn parses_request_line_and_headers() {
-    let (buf, len) = buffer(REGISTER);
-    let start = parse_start_line(&buf, len).expect("start line");
+    let (mut buf, len) = buffer(REGISTER);
+    let start = parse_start_line(&mut buf, len).expect("start line");
     assert_eq!(start.method, Method::Register);
     assert_eq!(start.uri, 9);
     assert_eq!(&REGISTER[start.headers..start.headers + 4], b"Via:");
-    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
+    let headers = find_headers(
+        &mut buf,
+        start.headers,
+        len,
+        header::USER_AGENT | header::FROM,
+    );
     assert_eq!(value(REGISTER, headers.user_agent), b" friendly-scanner\r");
-    assert_eq!(value(REGISTER, headers.from), b" \"Alice\" <sip:1001@pbx.example.com>;tag=1928301774\r");
+    assert_eq!(
+        value(REGISTER, headers.from),
+        b" \"Alice\" <sip:1001@pbx.example.com>;tag=1928301774\r"
+    );
 }
 
 #[test]
@@ -58,23 +71,36 @@ fn every_method_is_recognised_and_case_sensitive() {
     ];
     for (name, method) in methods {
         let text = format!("{name} sip:1000@192.0.2.1 SIP/2.0\r\n\r\n");
-        let (buf, len) = buffer(text.as_bytes());
-        assert_eq!(parse_start_line(&buf, len).map(|s| s.method), Some(method), "{name}");
+        let (mut buf, len) = buffer(text.as_bytes());
+        assert_eq!(
+            parse_start_line(&mut buf, len).map(|s| s.method),
+            Some(method),
+            "{name}"
+        );
         let lower = text.to_lowercase();
-        let (buf, len) = buffer(lower.as_bytes());
-        assert_eq!(parse_start_line(&buf, len), None, "{lower}");
+        let (mut buf, len) = buffer(lower.as_bytes());
+        assert_eq!(parse_start_line(&mut buf, len), None, "{lower}");
     }
 }
 
 #[test]
 fn response_status_line() {
-    let (buf, len) = buffer(b"SIP/2.0 401 Unauthorized\r\nCSeq: 1 REGISTER\r\n\r\n");
-    let start = parse_start_line(&buf, len).unwrap();
+    let (mut buf, len) = buffer(b"SIP/2.0 401 Unauthorized\r\nCSeq: 1 REGISTER\r\n\r\n");
+    let start = parse_start_line(&mut buf, len).unwrap();
     assert_eq!(start.method, Method::Response);
     assert_eq!(start.headers, 26);
-    for bad in [&b"SIP/2.0 4x1 Bad\r\n\r\n"[..], b"SIP/2.0 099 Bad\r\n\r\n", b"SIP/2.0 "] {
-        let (buf, len) = buffer(bad);
-        assert_eq!(parse_start_line(&buf, len), None, "{:?}", String::from_utf8_lossy(bad));
+    for bad in [
+        &b"SIP/2.0 4x1 Bad\r\n\r\n"[..],
+        b"SIP/2.0 099 Bad\r\n\r\n",
+        b"SIP/2.0 ",
+    ] {
+        let (mut buf, len) = buffer(bad);
+        assert_eq!(
+            parse_start_line(&mut buf, len),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -90,71 +116,114 @@ fn rejects_what_is_not_a_start_line() {
         b"ABCDEFGHIJKLMNOPQRS sip:x SIP/2.0\r\n",
         b"",
     ] {
-        let (buf, len) = buffer(bad);
-        assert_eq!(parse_start_line(&buf, len), None, "{:?}", String::from_utf8_lossy(bad));
+        let (mut buf, len) = buffer(bad);
+        assert_eq!(
+            parse_start_line(&mut buf, len),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
 #[test]
 fn bare_lf_line_ends_are_tolerated() {
     let message = b"OPTIONS sip:100@192.0.2.1 SIP/2.0\nuser-agent:sipvicious\n\n";
-    let (buf, len) = buffer(message);
-    let start = parse_start_line(&buf, len).unwrap();
-    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
+    let (mut buf, len) = buffer(message);
+    let start = parse_start_line(&mut buf, len).unwrap();
+    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
     assert_eq!(value(message, headers.user_agent), b"sipvicious");
 }
 
 #[test]
 fn header_names_fold_case_allow_blanks_and_compact_forms() {
-    let message = b"INVITE sip:1@x SIP/2.0\r\nuSeR-aGeNt \t : sipcli/v1.8\r\nf: <sip:100@1.1.1.1>\r\n\r\n";
-    let (buf, len) = buffer(message);
-    let start = parse_start_line(&buf, len).unwrap();
-    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
+    let message =
+        b"INVITE sip:1@x SIP/2.0\r\nuSeR-aGeNt \t : sipcli/v1.8\r\nf: <sip:100@1.1.1.1>\r\n\r\n";
+    let (mut buf, len) = buffer(message);
+    let start = parse_start_line(&mut buf, len).unwrap();
+    let headers = find_headers(
+        &mut buf,
+        start.headers,
+        len,
+        header::USER_AGENT | header::FROM,
+    );
     assert_eq!(value(message, headers.user_agent), b" sipcli/v1.8\r");
     assert_eq!(value(message, headers.from), b" <sip:100@1.1.1.1>\r");
 }
 
 #[test]
 fn headers_after_the_blank_line_are_body_not_headers() {
-    let message = b"MESSAGE sip:1@x SIP/2.0\r\nContent-Length: 24\r\n\r\nUser-Agent: sipvicious\r\n";
-    let (buf, len) = buffer(message);
-    let start = parse_start_line(&buf, len).unwrap();
-    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
+    let message =
+        b"MESSAGE sip:1@x SIP/2.0\r\nContent-Length: 24\r\n\r\nUser-Agent: sipvicious\r\n";
+    let (mut buf, len) = buffer(message);
+    let start = parse_start_line(&mut buf, len).unwrap();
+    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
     assert!(!headers.user_agent.is_present());
 }
 
 #[test]
 fn similar_names_are_not_matched() {
     let message = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Agents: a\r\nUser-Agen: b\r\nFromage: c\r\nFrom-X: d\r\n\r\n";
-    let (buf, len) = buffer(message);
-    let start = parse_start_line(&buf, len).unwrap();
-    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
-    assert_eq!(headers, Headers::default());
+    let (mut buf, len) = buffer(message);
+    let start = parse_start_line(&mut buf, len).unwrap();
+    let headers = find_headers(
+        &mut buf,
+        start.headers,
+        len,
+        header::USER_AGENT | header::FROM,
+    );
+    assert_eq!(
+        (headers.user_agent, headers.from),
+        (Span::default(), Span::default())
+    );
 }
 
 #[test]
 fn truncated_header_value_ends_at_the_message_end() {
     let message = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Agent: sipvici";
-    let (buf, len) = buffer(message);
-    let start = parse_start_line(&buf, len).unwrap();
-    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
+    let (mut buf, len) = buffer(message);
+    let start = parse_start_line(&mut buf, len).unwrap();
+    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
     assert_eq!(value(message, headers.user_agent), b" sipvici");
 }
 
 #[test]
 fn the_scan_reaches_a_header_at_the_end_of_a_full_window() {
     let mut message = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
-    // Shortest possible header lines, to use every scan step.
-    while message.len() < SCAN_BYTES - 20 {
-        message.extend_from_slice(b"x:\n");
+    // As many header lines as the scan follows, long enough to fill the window.
+    let filler = b"X-Filler: 0123456789\r\n";
+    while message.len() + filler.len() < SCAN_BYTES - 24 {
+        message.extend_from_slice(filler);
     }
     message.extend_from_slice(b"User-Agent: pplsip\r\n");
-    message.truncate(SCAN_BYTES);
-    let (buf, len) = buffer(&message);
-    let start = parse_start_line(&buf, len).unwrap();
-    let headers = find_headers(&buf, start.headers, len, header::USER_AGENT);
-    assert!(headers.user_agent.is_present());
+    let (mut buf, len) = buffer(&message);
+    let start = parse_start_line(&mut buf, len).unwrap();
+    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
+    assert!(headers.is_complete());
     assert!(value(&message, headers.user_agent).starts_with(b" pplsip"));
+}
+
+#[test]
+fn too_many_header_lines_leave_the_scan_incomplete() {
+    let mut message = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
+    for _ in 0..MAX_HEADER_LINES + 8 {
+        message.extend_from_slice(b"x:\n");
+    }
+    message.extend_from_slice(b"User-Agent: pplsip\r\n\r\n");
+    let (mut buf, len) = buffer(&message);
+    let start = parse_start_line(&mut buf, len).unwrap();
+    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
+    assert!(!headers.is_complete());
+    let mut few = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
+    for _ in 0..MAX_HEADER_LINES - 2 {
+        few.extend_from_slice(b"x:\n");
+    }
+    few.extend_from_slice(b"User-Agent: pplsip\r\n\r\n");
+    let (mut buf, len) = buffer(&few);
+    let first = parse_start_line(&mut buf, len).unwrap().headers;
+    let headers = find_headers(&mut buf, first, len, header::USER_AGENT);
+    assert!(headers.is_complete());
+    assert!(headers.user_agent.is_present());
 }
 
 #[test]
@@ -162,12 +231,13 @@ fn stale_bytes_beyond_the_message_are_never_seen() {
     // A long message first, then a short one in the same buffer.
     let (mut buf, _) = buffer(REGISTER);
     let short = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Ag";
-    let bytes: &mut [u8] =
-        unsafe { core::slice::from_raw_parts_mut(buf.words.as_mut_ptr().cast::<u8>(), SCAN_BYTES + 8) };
+    let bytes: &mut [u8] = unsafe {
+        core::slice::from_raw_parts_mut(buf.words.as_mut_ptr().cast::<u8>(), SCAN_BYTES + 8)
+    };
     bytes[..short.len()].copy_from_slice(short);
     seal(&mut buf, short.len());
-    let start = parse_start_line(&buf, short.len()).unwrap();
-    let headers = find_headers(&buf, start.headers, short.len(), header::USER_AGENT);
+    let start = parse_start_line(&mut buf, short.len()).unwrap();
+    let headers = find_headers(&mut buf, start.headers, short.len(), header::USER_AGENT);
     assert!(!headers.user_agent.is_present());
 }
 
@@ -214,7 +284,9 @@ fn uri_user_for_toll_fraud() {
 #[test]
 fn dfa_walk_matches_only_absorbing_state() {
     // A hand-built automaton for the single pattern "ab" (case-folded).
-    let mut dfa = Dfa { next: [0; Dfa::STATES * 256] };
+    let mut dfa = Dfa {
+        next: [0; Dfa::STATES * 256],
+    };
     for state in 0..3usize {
         for byte in 0..256usize {
             let lower = (byte as u8).to_ascii_lowercase();
@@ -224,7 +296,11 @@ fn dfa_walk_matches_only_absorbing_state() {
                 (1, b'b') => Dfa::MATCH,
                 _ => 0,
             };
-            let state_id = if state == 2 { Dfa::MATCH as usize } else { state };
+            let state_id = if state == 2 {
+                Dfa::MATCH as usize
+            } else {
+                state
+            };
             dfa.next[state_id * 256 + byte] = next;
         }
     }
@@ -232,9 +308,23 @@ fn dfa_walk_matches_only_absorbing_state() {
         dfa.next[Dfa::MATCH as usize * 256 + byte] = Dfa::MATCH;
     }
     let (buf, len) = buffer(b"xxAB yy");
-    assert!(dfa_matches(&dfa, &buf, Span { start: 1, end: len }));
+    assert!(dfa_matches(
+        &dfa,
+        &buf,
+        Span {
+            start: 1,
+            end: len as u64
+        }
+    ));
     assert!(!dfa_matches(&dfa, &buf, Span { start: 1, end: 3 }));
-    assert!(!dfa_matches(&dfa, &buf, Span { start: 3, end: len }));
+    assert!(!dfa_matches(
+        &dfa,
+        &buf,
+        Span {
+            start: 3,
+            end: len as u64
+        }
+    ));
 }
 
 /// Property: for any bytes, the parser never panics and every span it reports lies inside the
@@ -252,13 +342,23 @@ fn arbitrary_bytes_never_escape_the_message() {
             x ^= x << 17;
             message.push(alphabet[(x % alphabet.len() as u64) as usize]);
         }
-        let (buf, len) = buffer(&message);
-        if let Some(start) = parse_start_line(&buf, len) {
+        let (mut buf, len) = buffer(&message);
+        if let Some(start) = parse_start_line(&mut buf, len) {
             assert!(start.headers <= len);
-            let headers = find_headers(&buf, start.headers, len, header::USER_AGENT | header::FROM);
+            let headers = find_headers(
+                &mut buf,
+                start.headers,
+                len,
+                header::USER_AGENT | header::FROM,
+            );
             for span in [headers.user_agent, headers.from] {
                 if span.is_present() {
-                    assert!(span.start >= start.headers && span.start <= span.end && span.end <= len, "{span:?} {len}");
+                    assert!(
+                        span.start as usize >= start.headers
+                            && span.start <= span.end
+                            && span.end as usize <= len,
+                        "{span:?} {len}"
+                    );
                 }
             }
         }

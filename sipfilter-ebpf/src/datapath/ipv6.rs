@@ -1,0 +1,70 @@
+//! IPv6 and its extension headers (hop-by-hop, routing, destination options, fragment).
+
+use aya_ebpf::programs::XdpContext;
+
+use super::{
+    cursor::{read, remaining},
+    ip::{Address, Fragment, Network},
+};
+
+const HEADER: usize = 40;
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DESTINATION_OPTIONS: u8 = 60;
+/// Extension headers followed before giving up. RFC 8200 recommends an order with each at most
+/// once (twice for destination options): four covers every real chain.
+const MAX_EXTENSION_HEADERS: usize = 4;
+
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    next == HOP_BY_HOP || next == ROUTING || next == FRAGMENT || next == DESTINATION_OPTIONS
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, offset: usize) -> Option<Network> {
+    let version = read::<u8>(ctx, offset)? >> 4;
+    if version != 6 {
+        return None;
+    }
+    let payload_len = u16::from_be(read::<u16>(ctx, offset + 4)?) as usize;
+    let mut next = read::<u8>(ctx, offset + 6)?;
+    let source = Address(read::<[u8; 16]>(ctx, offset + 8)?);
+
+    let mut l4_offset = offset + HEADER;
+    let mut fragment = Fragment::Whole;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        if !is_extension(next) || fragment == Fragment::Later {
+            break;
+        }
+        let following = read::<u8>(ctx, l4_offset)?;
+        if next == FRAGMENT {
+            let offset_flags = u16::from_be(read::<u16>(ctx, l4_offset + 2)?);
+            fragment = if offset_flags & 0xfff8 != 0 {
+                Fragment::Later
+            } else if offset_flags & 1 != 0 {
+                Fragment::First
+            } else {
+                Fragment::Whole
+            };
+            l4_offset += 8;
+        } else {
+            // Hdr Ext Len counts 8-octet units after the first 8 octets.
+            l4_offset += (read::<u8>(ctx, l4_offset + 1)? as usize + 1) * 8;
+        }
+        next = following;
+    }
+
+    let extensions = l4_offset - offset - HEADER;
+    let consistent = payload_len >= extensions && HEADER + payload_len <= remaining(ctx, offset);
+    Some(Network {
+        version: 6,
+        source,
+        protocol: next,
+        l4_offset,
+        l4_len: payload_len.saturating_sub(extensions),
+        fragment,
+        consistent,
+        too_deep: is_extension(next) && fragment != Fragment::Later,
+    })
+}

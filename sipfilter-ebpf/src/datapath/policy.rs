@@ -1,0 +1,79 @@
+//! The pipeline: parse, source checks, port class, SIP checks. Each stage returns the reason
+//! that decides the packet, or lets the next stage run; `main.rs` counts the one final reason.
+
+use aya_ebpf::programs::XdpContext;
+use sipfilter_common::{Reason, RuleKind, port_class};
+
+use super::{
+    eth,
+    ip::{Fragment, IPPROTO_TCP, IPPROTO_UDP},
+    ipv4, ipv6, l4,
+    maps::{SF_CONFIG, SF_PORTS},
+    sip::{self, Stage},
+    source,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+#[inline(always)]
+fn port_class(transport: u32, port: u16) -> u8 {
+    match SF_PORTS.get(transport * 256 + (port >> 8) as u32) {
+        Some(block) => block.class[(port & 0xff) as usize],
+        None => port_class::NONE,
+    }
+}
+
+#[inline(always)]
+pub fn decide(ctx: &XdpContext) -> Stage {
+    match decide_inner(ctx) {
+        Ok(stage) => stage,
+        Err(reason) => Stage::Done(reason),
+    }
+}
+
+/// `Err(reason)` for every verdict reached before the SIP stage, so `?`-style early returns
+/// read as what they are.
+#[inline(always)]
+fn decide_inner(ctx: &XdpContext) -> Result<Stage, Reason> {
+    let frame = eth::parse(ctx).ok_or(Reason::Unparsed)?;
+    let net = match frame.ether_type {
+        ETH_P_IP => ipv4::parse(ctx, frame.l3_offset),
+        ETH_P_IPV6 => ipv6::parse(ctx, frame.l3_offset),
+        _ => None,
+    };
+    let net = net.ok_or(Reason::Unparsed)?;
+    let config = SF_CONFIG.get(0).ok_or(Reason::Unparsed)?;
+
+    if let Some(reason) = source::check(&net, config) {
+        return Err(reason);
+    }
+    if net.fragment == Fragment::Later {
+        return Err(Reason::Fragment);
+    }
+    if net.too_deep {
+        return Err(Reason::Ipv6ExtensionLimit);
+    }
+    if net.protocol != IPPROTO_UDP && net.protocol != IPPROTO_TCP {
+        return Err(Reason::Unprotected);
+    }
+    let transport = l4::parse(ctx, &net).ok_or(Reason::Unparsed)?;
+
+    let class = port_class(transport.transport, transport.dst_port);
+    if class == port_class::NONE {
+        return Err(Reason::Unprotected);
+    }
+    if !transport.consistent {
+        return Err(Reason::Malformed);
+    }
+    match class {
+        port_class::RESTRICTED => {
+            Err(
+                sip::enforce(config, RuleKind::Restricted, Reason::RestrictedPort)
+                    .unwrap_or(Reason::Unprotected),
+            )
+        }
+        port_class::TLS => Err(Reason::Tls),
+        _ => Ok(sip::hand_over(&net, &transport)),
+    }
+}

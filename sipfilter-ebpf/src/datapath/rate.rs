@@ -1,0 +1,78 @@
+//! Per-source token buckets for REGISTER and INVITE, in the GCRA form: one timestamp per source
+//! and method (the theoretical arrival time, TAT) instead of a token count and a refill time.
+//!
+//! The state is shared by all CPUs (an LRU hash, not per-CPU), so the configured rate holds on a
+//! multi-core host. It is updated without a lock: the TAT advances with an atomic add, so every
+//! conforming request is accounted for; two CPUs that pass the check at the same instant may
+//! each admit one request beyond the burst, and a reset of an idle bucket (a plain store) may
+//! race with an add and forget it. The error is at most one request per CPU per burst window;
+//! the long-run rate is exact.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use sipfilter_common::{Config, Method, RateState, SourceKey};
+
+use super::maps::SF_RATE;
+
+pub enum Verdict {
+    Conforming,
+    /// Over the rate; `report` is true at most once per source per `event_interval_ns`.
+    Exceeded {
+        report: bool,
+    },
+}
+
+#[inline(always)]
+pub fn check(config: &Config, key: &SourceKey, method: Method) -> Verdict {
+    let is_register = method == Method::Register;
+    let params = if is_register {
+        config.register
+    } else {
+        config.invite
+    };
+    if params.interval_ns == 0 {
+        return Verdict::Conforming;
+    }
+    // Jiffy resolution (1-4 ms) is plenty for rates of a few per second, and the coarse clock
+    // is a fraction of the cost of `bpf_ktime_get_ns`.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(state) = SF_RATE.get_ptr_mut(key) else {
+        let mut fresh = RateState::default();
+        if is_register {
+            fresh.register_tat = now + params.interval_ns;
+        } else {
+            fresh.invite_tat = now + params.interval_ns;
+        }
+        // Another CPU may have inserted the source meanwhile; either way this request conforms.
+        let _ = SF_RATE.insert(key, &fresh, BPF_NOEXIST as u64);
+        return Verdict::Conforming;
+    };
+    // SAFETY: `state` points into a live map value; the fields are u64, accessed with single
+    // loads and stores or atomically.
+    unsafe {
+        let tat = if is_register {
+            &raw mut (*state).register_tat
+        } else {
+            &raw mut (*state).invite_tat
+        };
+        let current = tat.read_volatile();
+        if current <= now {
+            tat.write_volatile(now + params.interval_ns);
+            return Verdict::Conforming;
+        }
+        if current - now > params.tolerance_ns {
+            let last = &raw mut (*state).last_event_ns;
+            let report = now.wrapping_sub(last.read_volatile()) >= config.event_interval_ns;
+            if report {
+                last.write_volatile(now);
+            }
+            return Verdict::Exceeded { report };
+        }
+        // The bpfel target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist;
+        // the intrinsic compiles to the eBPF atomic add.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat, params.interval_ns);
+    }
+    Verdict::Conforming
+}

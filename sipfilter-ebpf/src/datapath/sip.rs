@@ -1,0 +1,254 @@
+//! The SIP stages: what the datapath checks on packets to a SIP port from a source that is
+//! neither denied nor trusted. The message is copied once into the per-CPU scan buffer; the
+//! parsing itself is `sipfilter_ebpf::sip`, shared with the host tests.
+//!
+//! Three programs share a packet: the main program parses headers and checks the source and
+//! port, then tail-calls the SIP program (start line, rate, toll fraud), which tail-calls the
+//! header-scan program when scanner patterns are loaded. Each reads its inputs from the
+//! per-CPU [`Handoff`], so the verifier checks each from a single state.
+
+use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use sipfilter_common::{
+    Config, Dfa, EventKind, Method, Reason, RuleKind, TOLL_PREFIX_MAX, TRANSPORT_TCP, config_flags,
+};
+use sipfilter_ebpf::sip::{self as parser, SCAN_BYTES, ScanBuf, header};
+
+use super::{
+    events::{Occurrence, emit},
+    ip::{Network, Origin},
+    l4::Transport,
+    maps::{LpmKey, SF_CONFIG, SF_HANDOFF, SF_PATTERNS, SF_SCRATCH, SF_TOLL},
+    rate::{self, Verdict},
+    source::source_key,
+    stats::{count_method, count_monitored},
+};
+
+/// What one stage passes to the next, for the same packet on the same CPU.
+#[repr(C)]
+pub struct Handoff {
+    pub origin: Origin,
+    /// Where the transport payload starts in the frame, and its bytes in the frame.
+    pub payload_offset: u64,
+    pub payload_len: u64,
+    /// `TRANSPORT_UDP` or `TRANSPORT_TCP`.
+    pub transport: u64,
+    /// Bytes of the message in the scan buffer.
+    pub len: u64,
+    /// Where the first header line starts.
+    pub headers: u64,
+    /// `sipfilter_ebpf::sip::header` bits to look for.
+    pub wanted: u64,
+    pub method: u64,
+}
+
+/// A stage's outcome: a verdict, or "continue with the next stage".
+pub enum Stage {
+    Done(Reason),
+    Next,
+}
+
+/// Applies a rule's mode: `Some(reason)` to drop, or `None` after counting the would-be drop.
+#[inline(always)]
+pub fn enforce(config: &Config, kind: RuleKind, reason: Reason) -> Option<Reason> {
+    if config.monitor_mask & kind.bit() == 0 {
+        Some(reason)
+    } else {
+        count_monitored(reason);
+        None
+    }
+}
+
+#[inline(always)]
+fn monitored(config: &Config, kind: RuleKind) -> bool {
+    config.monitor_mask & kind.bit() != 0
+}
+
+/// Called by the main program for a packet to a SIP port: records what the SIP stage needs.
+#[inline(always)]
+pub fn hand_over(net: &Network, transport: &Transport) -> Stage {
+    let Some(handoff) = SF_HANDOFF.get_ptr_mut(0) else {
+        return Stage::Done(Reason::SipOk);
+    };
+    // SAFETY: this CPU's slot, used by one packet at a time.
+    let handoff = unsafe { &mut *handoff };
+    handoff.origin = Origin::new(net, transport.src_port, transport.dst_port);
+    handoff.payload_offset = transport.payload_offset as u64;
+    handoff.payload_len = transport.payload_len as u64;
+    handoff.transport = u64::from(transport.transport);
+    Stage::Next
+}
+
+#[inline(always)]
+fn slots() -> Option<(&'static mut ScanBuf, &'static mut Handoff, &'static Config)> {
+    let buf = SF_SCRATCH.get_ptr_mut(0)?;
+    let handoff = SF_HANDOFF.get_ptr_mut(0)?;
+    let config = SF_CONFIG.get(0)?;
+    // SAFETY: this CPU's slots, used by one packet at a time (the stages of a packet run one
+    // after the other on the same CPU).
+    Some(unsafe { (&mut *buf, &mut *handoff, config) })
+}
+
+/// The SIP program's body: start line, rate limit, toll fraud.
+#[inline(always)]
+pub fn inspect(ctx: &XdpContext) -> Stage {
+    let Some((buf, handoff, config)) = slots() else {
+        return Stage::Done(Reason::SipOk);
+    };
+    if config.flags & config_flags::UNTRUSTED_SIP_DROP != 0 {
+        return Stage::Done(Reason::UntrustedSip);
+    }
+    let is_tcp = handoff.transport == u64::from(TRANSPORT_TCP);
+    let not_a_message = Stage::Done(if is_tcp {
+        Reason::TcpContinuation
+    } else {
+        Reason::NotSip
+    });
+    let payload_offset = handoff.payload_offset as usize & 0xffff;
+    let len = (handoff.payload_len as usize).min(SCAN_BYTES);
+    if len == 0 {
+        return not_a_message;
+    }
+    // SAFETY: `len` is in 1..=SCAN_BYTES and the buffer holds SCAN_BYTES + 8 bytes.
+    let copied = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx.cast(),
+            payload_offset as u32,
+            buf.words.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if copied != 0 {
+        return Stage::Done(Reason::Malformed);
+    }
+    parser::seal(buf, len);
+    if parser::is_keepalive(buf, len) || parser::is_stun(buf, len) {
+        return Stage::Done(Reason::Keepalive);
+    }
+    let Some(start) = parser::parse_start_line(buf, len) else {
+        return not_a_message;
+    };
+    count_method(start.method);
+    if start.method == Method::Response {
+        return Stage::Done(Reason::SipOk);
+    }
+    let origin = handoff.origin;
+    let event = |kind, reason, kind_of_rule| Occurrence {
+        kind,
+        reason,
+        origin: &origin,
+        method: start.method,
+        monitored: monitored(config, kind_of_rule),
+    };
+
+    // Rate first: under a flood, most packets are over the rate and are dropped before the
+    // costlier checks.
+    if start.method == Method::Register || start.method == Method::Invite {
+        let key = source_key(&origin, config);
+        if let Verdict::Exceeded { report } = rate::check(config, &key, start.method) {
+            let reason = if start.method == Method::Register {
+                Reason::RateRegister
+            } else {
+                Reason::RateInvite
+            };
+            if report {
+                emit(
+                    &event(EventKind::RateLimited, reason, RuleKind::RateLimit),
+                    None,
+                );
+            }
+            if let Some(drop) = enforce(config, RuleKind::RateLimit, reason) {
+                return Stage::Done(drop);
+            }
+        }
+    }
+
+    if start.method == Method::Invite
+        && config.flags & config_flags::TOLL_FRAUD != 0
+        && let Some(user) = parser::uri_user(buf, start.uri)
+        && SF_TOLL
+            .get(&LpmKey::new((TOLL_PREFIX_MAX * 8) as u32, user).key)
+            .is_some()
+    {
+        emit(
+            &event(EventKind::TollFraud, Reason::TollFraud, RuleKind::TollFraud),
+            Some(&user),
+        );
+        if let Some(drop) = enforce(config, RuleKind::TollFraud, Reason::TollFraud) {
+            return Stage::Done(drop);
+        }
+    }
+
+    let mut wanted = 0;
+    if config.flags & config_flags::SCAN_USER_AGENT != 0 {
+        wanted |= header::USER_AGENT;
+    }
+    if config.flags & config_flags::SCAN_FROM != 0 {
+        wanted |= header::FROM;
+    }
+    if wanted == 0 {
+        return Stage::Done(Reason::SipOk);
+    }
+    handoff.len = len as u64;
+    handoff.headers = start.headers as u64;
+    handoff.wanted = wanted;
+    handoff.method = start.method as u64;
+    Stage::Next
+}
+
+/// The header-scan program's body: finds User-Agent and From and matches them against the
+/// scanner automata.
+#[inline(always)]
+pub fn scan_headers() -> Reason {
+    let Some((buf, handoff, config)) = slots() else {
+        return Reason::SipOk;
+    };
+    let len = handoff.len as usize;
+    if len == 0 || len > SCAN_BYTES {
+        return Reason::SipOk;
+    }
+    let headers = parser::find_headers(
+        buf,
+        handoff.headers as usize & (SCAN_BYTES - 1),
+        len,
+        handoff.wanted,
+    );
+    if !headers.is_complete() {
+        // More header lines than any real message has: padding to push the User-Agent out of
+        // reach is the likely reason.
+        return Reason::NotSip;
+    }
+    let method = Method::from_u8(handoff.method as u8).unwrap_or(Method::Other);
+    let checks = [
+        (
+            headers.user_agent,
+            Dfa::USER_AGENT,
+            Reason::ScannerUserAgent,
+        ),
+        (headers.from, Dfa::FROM, Reason::ScannerFrom),
+    ];
+    for (value, list, reason) in checks {
+        if !value.is_present() {
+            continue;
+        }
+        let Some(dfa) = SF_PATTERNS.get(list) else {
+            continue;
+        };
+        if parser::dfa_matches(dfa, buf, value) {
+            let monitored = monitored(config, RuleKind::Scanner);
+            emit(
+                &Occurrence {
+                    kind: EventKind::Scanner,
+                    reason,
+                    origin: &handoff.origin,
+                    method,
+                    monitored,
+                },
+                None,
+            );
+            if let Some(drop) = enforce(config, RuleKind::Scanner, reason) {
+                return drop;
+            }
+        }
+    }
+    Reason::SipOk
+}

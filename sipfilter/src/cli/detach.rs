@@ -1,0 +1,47 @@
+//! `sipfilter detach`: remove the filter from interfaces.
+
+use std::path::Path;
+
+use anyhow::bail;
+use sipfilter::datapath::{attached_interfaces, detach, remove_pins};
+
+/// Remove the filter from interfaces. When no interface is left, the pinned program and maps
+/// are removed too.
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    /// Interfaces to detach from.
+    #[arg(value_name = "IFACE", required_unless_present = "all")]
+    pub interfaces: Vec<String>,
+
+    /// Detach from every interface and remove every pin.
+    #[arg(long, conflicts_with = "interfaces")]
+    pub all: bool,
+}
+
+pub fn run(args: &DetachArgs, pin_dir: &Path) -> anyhow::Result<()> {
+    if args.all {
+        for iface in attached_interfaces(pin_dir) {
+            log::info!("{iface}: detached");
+        }
+        remove_pins(pin_dir)?;
+        return Ok(());
+    }
+    let attached = attached_interfaces(pin_dir);
+    for iface in &args.interfaces {
+        if !attached.contains(iface) {
+            bail!(
+                "sipfilter is not attached to {iface} (attached: {})",
+                if attached.is_empty() {
+                    "none".to_owned()
+                } else {
+                    attached.join(", ")
+                }
+            );
+        }
+    }
+    for iface in &args.interfaces {
+        detach(pin_dir, iface)?;
+        log::info!("{iface}: detached");
+    }
+    Ok(())
+}

@@ -1,0 +1,566 @@
+//! The loader: loads the XDP datapath, pins it, attaches it to interfaces, and reads and writes
+//! its maps.
+//!
+//! Everything lives under one pin directory (`/sys/fs/bpf/sipfilter/` by default): the maps by
+//! name, the program as `program`, and one XDP link per interface as `link-IFNAME`. The pins
+//! keep the filter in place when the daemon stops; the next `attach` reuses the pinned maps and
+//! swaps its new program into the pinned links atomically (`bpf_link_update`), so no packet
+//! goes unfiltered. Only `detach` removes a link.
+
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    fs, io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use sipfilter_common::{
+    ABI_VERSION, Ban, Config, Dfa, HintBlock, PortBlock, STAGE_HEADERS, STAGE_SIP, SourceKey,
+    SourceRule, TOLL_PREFIX_MAX, hint, map_names, program_names, stats,
+};
+
+use crate::compile::{CompiledPolicy, TrieKey, ban_hint_key, hint_blocks};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sipfilter";
+const PROGRAM_PIN: &str = "program";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipfilter"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel refused the XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("pinning under {path}: {source}")]
+    Pin { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not on a bpf filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`) or pass --pin-dir"
+    )]
+    NotBpffs { path: PathBuf },
+    #[error(
+        "the maps pinned under {dir} were written by an incompatible sipfilter (layout version {found}, this \
+         build uses {ABI_VERSION}); remove them with `sipfilter detach --all --pin-dir {dir}`"
+    )]
+    Incompatible { dir: PathBuf, found: u32 },
+    #[error("interface {iface}: {source}")]
+    Attach {
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface {iface} does not exist")]
+    NoSuchInterface { iface: String },
+    #[error("{iface}: attached through netlink, which cannot be pinned (kernel older than 5.9?)")]
+    Unpinnable { iface: String },
+    #[error("nothing of sipfilter is attached to {iface} (no {path})")]
+    NotAttached { iface: String, path: PathBuf },
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+/// How to attach: `Auto` tries the driver's native XDP and falls back to generic (skb) mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Driver,
+    Skb,
+}
+
+/// How an interface ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, in this mode.
+    New(XdpMode),
+    /// The pinned link of an earlier run now runs this program.
+    Adopted,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Datapath {
+    /// Loads the program and creates (or reuses) the pinned maps under `pin_dir`.
+    pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Datapath> {
+        ensure_bpffs(pin_dir)?;
+        fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Pin {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(map_names::RATE, max_sources)
+            .load(DATAPATH_OBJECT)?;
+        let program: &mut Xdp = program(&mut ebpf)?;
+        program.load()?;
+        for (name, stage) in [
+            (program_names::SIP, STAGE_SIP),
+            (program_names::HEADERS, STAGE_HEADERS),
+        ] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .expect("the object holds every stage")
+                .try_into()?;
+            program.load()?;
+            let fd = program
+                .fd()?
+                .try_clone()
+                .map_err(|e| DatapathError::Program(e.into()))?;
+            let mut stages: ProgramArray<&mut MapData> = ProgramArray::try_from(
+                ebpf.map_mut(map_names::STAGES)
+                    .expect("SF_STAGES in object"),
+            )
+            .map_err(map_error(map_names::STAGES))?;
+            stages
+                .set(stage, &fd, 0)
+                .map_err(map_error(map_names::STAGES))?;
+        }
+        let datapath = Datapath {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+        };
+        let found = datapath.config()?.abi_version;
+        if found != 0 && found != ABI_VERSION {
+            return Err(DatapathError::Incompatible {
+                dir: pin_dir.to_owned(),
+                found,
+            });
+        }
+        Ok(datapath)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program(&mut self.ebpf)
+    }
+
+    /// Attaches to `iface`, or takes over the link a previous run pinned there.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+        let link_path = link_pin(&self.pin_dir, iface);
+        let program: &mut Xdp = program(&mut self.ebpf)?;
+        let attach_error = |source| DatapathError::Attach {
+            iface: iface.to_owned(),
+            source,
+        };
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path).map_err(|e| DatapathError::Pin {
+                path: link_path.clone(),
+                source: io::Error::other(e),
+            })?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DatapathError::Pin {
+                path: link_path.clone(),
+                source: io::Error::other(e),
+            })?;
+            let id = program.attach_to_link(link).map_err(attach_error)?;
+            // The link stays pinned; dropping our handle must not detach it.
+            drop(FdLink::try_from(
+                program.take_link(id).map_err(attach_error)?,
+            ));
+            self.pin_program()?;
+            return Ok(Attached::Adopted);
+        }
+        if !Path::new("/sys/class/net").join(iface).exists() {
+            return Err(DatapathError::NoSuchInterface {
+                iface: iface.to_owned(),
+            });
+        }
+        let (id, used) = match mode {
+            AttachMode::Driver => (
+                program
+                    .attach(iface, XdpMode::Driver)
+                    .map_err(attach_error)?,
+                XdpMode::Driver,
+            ),
+            AttachMode::Skb => (
+                program.attach(iface, XdpMode::Skb).map_err(attach_error)?,
+                XdpMode::Skb,
+            ),
+            AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
+                Ok(id) => (id, XdpMode::Driver),
+                Err(driver_error) => {
+                    log::info!(
+                        "{iface}: native XDP unavailable ({driver_error}), using generic (skb) mode"
+                    );
+                    (
+                        program.attach(iface, XdpMode::Skb).map_err(attach_error)?,
+                        XdpMode::Skb,
+                    )
+                }
+            },
+        };
+        let link = program.take_link(id).map_err(attach_error)?;
+        let fd_link = FdLink::try_from(link).map_err(|_| DatapathError::Unpinnable {
+            iface: iface.to_owned(),
+        })?;
+        fd_link.pin(&link_path).map_err(|e| DatapathError::Pin {
+            path: link_path.clone(),
+            source: io::Error::other(e),
+        })?;
+        self.pin_program()?;
+        Ok(Attached::New(used))
+    }
+
+    fn pin_program(&mut self) -> Result<()> {
+        let path = self.pin_dir.join(PROGRAM_PIN);
+        let _ = fs::remove_file(&path);
+        program(&mut self.ebpf)?
+            .pin(&path)
+            .map_err(|e| DatapathError::Pin {
+                path,
+                source: io::Error::other(e),
+            })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let map: Array<&MapData, Config> = Array::try_from(
+            self.ebpf
+                .map(map_names::CONFIG)
+                .expect("SF_CONFIG in object"),
+        )
+        .map_err(map_error(map_names::CONFIG))?;
+        map.get(&0, 0).map_err(map_error(map_names::CONFIG))
+    }
+
+    /// Writes a policy. Order matters, because packets keep flowing: hints are widened before
+    /// entries are added and narrowed only after stale ones are removed; new entries are added
+    /// before old ones are removed (the allow set is never empty in between); the config that
+    /// switches features on is written last.
+    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<()> {
+        let bans = self.ban_keys()?;
+        let current_allow = self.trie_keys(map_names::ALLOW_V4, map_names::ALLOW_V6)?;
+        let current_deny = self.trie_keys(map_names::DENY_V4, map_names::DENY_V6)?;
+        let ban_hints: Vec<TrieKey> = bans.iter().map(ban_hint_key).collect();
+
+        let hints_for = |allow: &mut dyn Iterator<Item = &TrieKey>,
+                         deny: &mut dyn Iterator<Item = &TrieKey>| {
+            let entries = allow
+                .map(|key| (key, hint::ALLOW))
+                .chain(deny.map(|key| (key, hint::DENY)))
+                .chain(ban_hints.iter().map(|key| (key, hint::BAN)));
+            hint_blocks(entries.collect::<Vec<_>>())
+        };
+        let widened = hints_for(
+            &mut current_allow.iter().chain(policy.allow.iter()),
+            &mut current_deny.iter().chain(policy.deny.iter()),
+        );
+        self.write_hints(&widened)?;
+
+        self.write_patterns(policy)?;
+        self.write_toll(policy)?;
+        self.write_ports(&policy.ports)?;
+        let wanted_allow: BTreeSet<TrieKey> = policy.allow.iter().copied().collect();
+        let wanted_deny: BTreeSet<TrieKey> = policy.deny.iter().copied().collect();
+        self.sync_trie(
+            map_names::ALLOW_V4,
+            map_names::ALLOW_V6,
+            &current_allow,
+            &wanted_allow,
+        )?;
+        self.sync_trie(
+            map_names::DENY_V4,
+            map_names::DENY_V6,
+            &current_deny,
+            &wanted_deny,
+        )?;
+
+        let exact = hints_for(&mut wanted_allow.iter(), &mut wanted_deny.iter());
+        self.write_hints(&exact)?;
+
+        let mut config: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(map_names::CONFIG))
+                .map_err(map_error(map_names::CONFIG))?;
+        config
+            .set(0, policy.config, 0)
+            .map_err(map_error(map_names::CONFIG))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> &mut aya::maps::Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name} missing from the eBPF object"))
+    }
+
+    fn map(&self, name: &'static str) -> &aya::maps::Map {
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("map {name} missing from the eBPF object"))
+    }
+
+    fn write_hints(&mut self, blocks: &[HintBlock]) -> Result<()> {
+        let mut map: Array<&mut MapData, HintBlock> =
+            Array::try_from(self.map_mut(map_names::SRC_HINTS))
+                .map_err(map_error(map_names::SRC_HINTS))?;
+        for (index, block) in blocks.iter().enumerate() {
+            map.set(index as u32, block, 0)
+                .map_err(map_error(map_names::SRC_HINTS))?;
+        }
+        Ok(())
+    }
+
+    fn write_ports(&mut self, blocks: &[PortBlock]) -> Result<()> {
+        let mut map: Array<&mut MapData, PortBlock> =
+            Array::try_from(self.map_mut(map_names::PORTS)).map_err(map_error(map_names::PORTS))?;
+        for (index, block) in blocks.iter().enumerate() {
+            map.set(index as u32, block, 0)
+                .map_err(map_error(map_names::PORTS))?;
+        }
+        Ok(())
+    }
+
+    fn write_patterns(&mut self, policy: &CompiledPolicy) -> Result<()> {
+        let mut map: Array<&mut MapData, Dfa> = Array::try_from(self.map_mut(map_names::PATTERNS))
+            .map_err(map_error(map_names::PATTERNS))?;
+        map.set(Dfa::USER_AGENT, policy.user_agents.as_ref(), 0)
+            .map_err(map_error(map_names::PATTERNS))?;
+        map.set(Dfa::FROM, policy.from.as_ref(), 0)
+            .map_err(map_error(map_names::PATTERNS))
+    }
+
+    fn write_toll(&mut self, policy: &CompiledPolicy) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, [u8; TOLL_PREFIX_MAX], u8> =
+            LpmTrie::try_from(self.map_mut(map_names::TOLL)).map_err(map_error(map_names::TOLL))?;
+        let wanted: BTreeSet<(u32, [u8; TOLL_PREFIX_MAX])> = policy.toll.iter().copied().collect();
+        let current: Vec<(u32, [u8; TOLL_PREFIX_MAX])> = map
+            .keys()
+            .filter_map(|key| key.ok())
+            .map(|key| (key.prefix_len(), key.data()))
+            .collect();
+        for (prefix_len, digits) in &wanted {
+            map.insert(&Key::new(*prefix_len, *digits), 1, 0)
+                .map_err(map_error(map_names::TOLL))?;
+        }
+        for entry in current.iter().filter(|entry| !wanted.contains(entry)) {
+            map.remove(&Key::new(entry.0, entry.1))
+                .map_err(map_error(map_names::TOLL))?;
+        }
+        Ok(())
+    }
+
+    fn trie_keys(&self, v4: &'static str, v6: &'static str) -> Result<Vec<TrieKey>> {
+        let map4: LpmTrie<&MapData, [u8; 4], SourceRule> =
+            LpmTrie::try_from(self.map(v4)).map_err(map_error(v4))?;
+        let map6: LpmTrie<&MapData, [u8; 16], SourceRule> =
+            LpmTrie::try_from(self.map(v6)).map_err(map_error(v6))?;
+        let mut keys = Vec::new();
+        for key in map4.keys() {
+            let key = key.map_err(map_error(v4))?;
+            keys.push(TrieKey::V4 {
+                prefix_len: key.prefix_len(),
+                addr: key.data(),
+            });
+        }
+        for key in map6.keys() {
+            let key = key.map_err(map_error(v6))?;
+            keys.push(TrieKey::V6 {
+                prefix_len: key.prefix_len(),
+                addr: key.data(),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// Makes the trie pair hold exactly `wanted` (policy entries never expire).
+    fn sync_trie(
+        &mut self,
+        v4: &'static str,
+        v6: &'static str,
+        current: &[TrieKey],
+        wanted: &BTreeSet<TrieKey>,
+    ) -> Result<()> {
+        let permanent = SourceRule { expires_ns: 0 };
+        {
+            let mut map4: LpmTrie<&mut MapData, [u8; 4], SourceRule> =
+                LpmTrie::try_from(self.map_mut(v4)).map_err(map_error(v4))?;
+            for key in wanted {
+                if let TrieKey::V4 { prefix_len, addr } = *key {
+                    map4.insert(&Key::new(prefix_len, addr), permanent, 0)
+                        .map_err(map_error(v4))?;
+                }
+            }
+            for key in current.iter().filter(|key| !wanted.contains(key)) {
+                if let TrieKey::V4 { prefix_len, addr } = *key {
+                    map4.remove(&Key::new(prefix_len, addr))
+                        .map_err(map_error(v4))?;
+                }
+            }
+        }
+        let mut map6: LpmTrie<&mut MapData, [u8; 16], SourceRule> =
+            LpmTrie::try_from(self.map_mut(v6)).map_err(map_error(v6))?;
+        for key in wanted {
+            if let TrieKey::V6 { prefix_len, addr } = *key {
+                map6.insert(&Key::new(prefix_len, addr), permanent, 0)
+                    .map_err(map_error(v6))?;
+            }
+        }
+        for key in current.iter().filter(|key| !wanted.contains(key)) {
+            if let TrieKey::V6 { prefix_len, addr } = *key {
+                map6.remove(&Key::new(prefix_len, addr))
+                    .map_err(map_error(v6))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ban_keys(&self) -> Result<Vec<SourceKey>> {
+        let map: HashMap<&MapData, SourceKey, Ban> =
+            HashMap::try_from(self.map(map_names::BANS)).map_err(map_error(map_names::BANS))?;
+        map.keys()
+            .map(|key| key.map_err(map_error(map_names::BANS)))
+            .collect()
+    }
+
+    /// Counters summed over CPUs, indexed as `sipfilter_common::stats`.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::STATS))
+            .map_err(map_error(map_names::STATS))?;
+        (0..stats::LEN)
+            .map(|index| {
+                map.get(&index, 0)
+                    .map(|values| values.iter().sum())
+                    .map_err(map_error(map_names::STATS))
+            })
+            .collect()
+    }
+
+    /// The event ring. Takes it out of the object: call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .expect("SF_EVENTS in object");
+        RingBuf::try_from(map).map_err(map_error(map_names::EVENTS))
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program = ebpf
+        .program_mut(program_names::MAIN)
+        .expect("the object holds the sipfilter program");
+    Ok(program.try_into()?)
+}
+
+fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link-{iface}"))
+}
+
+/// Interfaces with a pinned sipfilter link under `pin_dir`.
+pub fn attached_interfaces(pin_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.strip_prefix("link-"))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Removes sipfilter from `iface`. When no interface is left, the program and maps are unpinned
+/// too, so nothing of sipfilter stays in the kernel.
+pub fn detach(pin_dir: &Path, iface: &str) -> Result<()> {
+    let path = link_pin(pin_dir, iface);
+    if !path.exists() {
+        return Err(DatapathError::NotAttached {
+            iface: iface.to_owned(),
+            path,
+        });
+    }
+    fs::remove_file(&path).map_err(|source| DatapathError::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    if attached_interfaces(pin_dir).is_empty() {
+        remove_pins(pin_dir)?;
+    }
+    Ok(())
+}
+
+/// Unpins every link, the program and the maps under `pin_dir`, and removes the directory.
+pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    fs::remove_dir_all(pin_dir).map_err(|source| DatapathError::Pin {
+        path: pin_dir.to_owned(),
+        source,
+    })
+}
+
+/// Makes sure `pin_dir` can hold pins: its nearest existing ancestor must be on bpffs. Inside a
+/// fresh mount namespace (`ip netns exec` gives one) `/sys/fs/bpf` is an empty directory, so
+/// for the default location we mount bpffs there, and say so.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let mut existing = pin_dir;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    let mount_point = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(mount_point) && mount_point.is_dir() {
+        log::warn!(
+            "no bpf filesystem at {}: mounting one",
+            mount_point.display()
+        );
+        let target = CString::new(mount_point.as_os_str().as_bytes()).expect("no NUL in path");
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        log::warn!("mounting bpffs failed: {}", io::Error::last_os_error());
+    }
+    Err(DatapathError::NotBpffs {
+        path: pin_dir.to_owned(),
+    })
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
