@@ -11,6 +11,7 @@ use std::{
     collections::BTreeSet,
     ffi::CString,
     fs, io,
+    net::IpAddr,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
@@ -29,13 +30,18 @@ use sipfilter_common::{
     SourceRule, TOLL_PREFIX_MAX, hint, map_names, program_names, stats,
 };
 
-use crate::compile::{CompiledPolicy, TrieKey, ban_hint_key, hint_blocks};
+use crate::compile::{CompiledPolicy, TrieKey, ban_hint_key, hint_blocks, source_key};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sipfilter";
 const PROGRAM_PIN: &str = "program";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipfilter"));
+
+/// The trivial `XDP_PASS` program, which benchmarks run beside the datapath to subtract the
+/// cost of `BPF_PROG_TEST_RUN` itself.
+#[cfg(feature = "bench")]
+pub static XDP_PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -433,6 +439,44 @@ impl Datapath {
             .collect()
     }
 
+    /// Bans `source` (its IPv6 prefix, for IPv6) until `expires_ns` on the `CLOCK_MONOTONIC`
+    /// clock ([`monotonic_now_ns`]); the kernel ends the ban by itself.
+    pub fn add_ban(&mut self, source: IpAddr, expires_ns: u64) -> Result<()> {
+        let key = source_key(source, self.config()?.ipv6_prefix_len as u8);
+        // Hint first, so the ban applies from the moment it is in the map.
+        self.add_hint(&ban_hint_key(&key), hint::BAN)?;
+        let mut map: HashMap<&mut MapData, SourceKey, Ban> =
+            HashMap::try_from(self.map_mut(map_names::BANS)).map_err(map_error(map_names::BANS))?;
+        map.insert(key, Ban { expires_ns }, 0).map_err(map_error(map_names::BANS))
+    }
+
+    /// Lifts a ban (the hint bit stays until the next policy write; it only costs a lookup).
+    pub fn remove_ban(&mut self, source: IpAddr) -> Result<()> {
+        let key = source_key(source, self.config()?.ipv6_prefix_len as u8);
+        let mut map: HashMap<&mut MapData, SourceKey, Ban> =
+            HashMap::try_from(self.map_mut(map_names::BANS)).map_err(map_error(map_names::BANS))?;
+        match map.remove(&key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_error(map_names::BANS)),
+        }
+    }
+
+    fn add_hint(&mut self, key: &TrieKey, bit: u8) -> Result<()> {
+        let mut map: Array<&mut MapData, HintBlock> =
+            Array::try_from(self.map_mut(map_names::SRC_HINTS)).map_err(map_error(map_names::SRC_HINTS))?;
+        for (index, block) in hint_blocks([(key, bit)]).iter().enumerate() {
+            if block.bits.iter().all(|&bits| bits == 0) {
+                continue;
+            }
+            let mut current = map.get(&(index as u32), 0).map_err(map_error(map_names::SRC_HINTS))?;
+            for (slot, bits) in current.bits.iter_mut().zip(block.bits) {
+                *slot |= bits;
+            }
+            map.set(index as u32, current, 0).map_err(map_error(map_names::SRC_HINTS))?;
+        }
+        Ok(())
+    }
+
     /// Counters summed over CPUs, indexed as `sipfilter_common::stats`.
     pub fn counters(&self) -> Result<Vec<u64>> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::STATS))
@@ -454,6 +498,31 @@ impl Datapath {
             .expect("SF_EVENTS in object");
         RingBuf::try_from(map).map_err(map_error(map_names::EVENTS))
     }
+}
+
+fn sum_counters(map: &PerCpuArray<&MapData, u64>) -> Result<Vec<u64>> {
+    (0..stats::LEN)
+        .map(|index| map.get(&index, 0).map(|values| values.iter().sum()).map_err(map_error(map_names::STATS)))
+        .collect()
+}
+
+/// The counters of the filter pinned under `pin_dir`, read without loading anything (for
+/// `sipfilter stats` and tests while a daemon runs, or after it stopped).
+pub fn pinned_counters(pin_dir: &Path) -> Result<Vec<u64>> {
+    let path = pin_dir.join(map_names::STATS);
+    let data = MapData::from_pin(&path).map_err(map_error(map_names::STATS))?;
+    let map = aya::maps::Map::PerCpuArray(data);
+    let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&map).map_err(map_error(map_names::STATS))?;
+    sum_counters(&map)
+}
+
+/// Now on `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`, in which the datapath's expiry
+/// times are written.
+pub fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
