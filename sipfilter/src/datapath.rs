@@ -41,7 +41,8 @@ static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// The trivial `XDP_PASS` program, which benchmarks run beside the datapath to subtract the
 /// cost of `BPF_PROG_TEST_RUN` itself.
 #[cfg(feature = "bench")]
-pub static XDP_PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
+pub static XDP_PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -447,7 +448,8 @@ impl Datapath {
         self.add_hint(&ban_hint_key(&key), hint::BAN)?;
         let mut map: HashMap<&mut MapData, SourceKey, Ban> =
             HashMap::try_from(self.map_mut(map_names::BANS)).map_err(map_error(map_names::BANS))?;
-        map.insert(key, Ban { expires_ns }, 0).map_err(map_error(map_names::BANS))
+        map.insert(key, Ban { expires_ns }, 0)
+            .map_err(map_error(map_names::BANS))
     }
 
     /// Lifts a ban (the hint bit stays until the next policy write; it only costs a lookup).
@@ -463,16 +465,20 @@ impl Datapath {
 
     fn add_hint(&mut self, key: &TrieKey, bit: u8) -> Result<()> {
         let mut map: Array<&mut MapData, HintBlock> =
-            Array::try_from(self.map_mut(map_names::SRC_HINTS)).map_err(map_error(map_names::SRC_HINTS))?;
+            Array::try_from(self.map_mut(map_names::SRC_HINTS))
+                .map_err(map_error(map_names::SRC_HINTS))?;
         for (index, block) in hint_blocks([(key, bit)]).iter().enumerate() {
             if block.bits.iter().all(|&bits| bits == 0) {
                 continue;
             }
-            let mut current = map.get(&(index as u32), 0).map_err(map_error(map_names::SRC_HINTS))?;
+            let mut current = map
+                .get(&(index as u32), 0)
+                .map_err(map_error(map_names::SRC_HINTS))?;
             for (slot, bits) in current.bits.iter_mut().zip(block.bits) {
                 *slot |= bits;
             }
-            map.set(index as u32, current, 0).map_err(map_error(map_names::SRC_HINTS))?;
+            map.set(index as u32, current, 0)
+                .map_err(map_error(map_names::SRC_HINTS))?;
         }
         Ok(())
     }
@@ -502,7 +508,11 @@ impl Datapath {
 
 fn sum_counters(map: &PerCpuArray<&MapData, u64>) -> Result<Vec<u64>> {
     (0..stats::LEN)
-        .map(|index| map.get(&index, 0).map(|values| values.iter().sum()).map_err(map_error(map_names::STATS)))
+        .map(|index| {
+            map.get(&index, 0)
+                .map(|values| values.iter().sum())
+                .map_err(map_error(map_names::STATS))
+        })
         .collect()
 }
 
@@ -512,14 +522,18 @@ pub fn pinned_counters(pin_dir: &Path) -> Result<Vec<u64>> {
     let path = pin_dir.join(map_names::STATS);
     let data = MapData::from_pin(&path).map_err(map_error(map_names::STATS))?;
     let map = aya::maps::Map::PerCpuArray(data);
-    let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&map).map_err(map_error(map_names::STATS))?;
+    let map: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(&map).map_err(map_error(map_names::STATS))?;
     sum_counters(&map)
 }
 
 /// Now on `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`, in which the datapath's expiry
 /// times are written.
 pub fn monotonic_now_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64

@@ -1,0 +1,107 @@
+//! The datapath under `BPF_PROG_TEST_RUN`: the real eBPF object, loaded with a policy into
+//! maps pinned in a private directory, fed crafted packets without any interface.
+//!
+//! Shared by the golden-table tests and the benchmark, so both measure the same thing.
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use sipfilter::{
+    compile::compile,
+    config::Policy,
+    datapath::{self, Datapath},
+};
+use sipfilter_common::{Reason, stats};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// A loaded datapath; its pins are removed on drop.
+pub struct TestDatapath {
+    pub datapath: Datapath,
+    pin_dir: PathBuf,
+}
+
+static LOADED: AtomicU32 = AtomicU32::new(0);
+
+/// A pin directory of this process that no other test uses.
+pub fn private_pin_dir(tag: &str) -> PathBuf {
+    let n = LOADED.fetch_add(1, Ordering::Relaxed);
+    PathBuf::from(format!("/sys/fs/bpf/sft-{tag}-{}-{n}", std::process::id()))
+}
+
+impl TestDatapath {
+    /// Loads the datapath with the policy in `toml` (the policy file's syntax).
+    pub fn load(toml: &str) -> Result<TestDatapath> {
+        let policy = Policy::from_toml_str(toml, "test policy")?;
+        let compiled = compile(&policy)?;
+        let pin_dir = private_pin_dir("dp");
+        let loaded = Datapath::load(&pin_dir, compiled.max_sources).and_then(|mut datapath| {
+            datapath.apply(&compiled)?;
+            Ok(datapath)
+        });
+        match loaded {
+            Ok(datapath) => Ok(TestDatapath { datapath, pin_dir }),
+            Err(error) => {
+                let _ = datapath::remove_pins(&pin_dir);
+                Err(error).context("loading the datapath")
+            }
+        }
+    }
+
+    /// Runs the XDP program once on `packet`; returns the XDP action.
+    pub fn run(&mut self, packet: &[u8]) -> Result<u32> {
+        Ok(run(self.datapath.program()?, packet, 1)?.0)
+    }
+
+    /// Runs `packet` and returns the action with the reason the datapath counted for it.
+    pub fn verdict(&mut self, packet: &[u8]) -> Result<(u32, Reason)> {
+        let before = self.datapath.counters()?;
+        let action = self.run(packet)?;
+        let after = self.datapath.counters()?;
+        let counted: Vec<Reason> = Reason::ALL
+            .into_iter()
+            .filter(|reason| {
+                let slot = (stats::REASON_BASE + *reason as u32) as usize;
+                after[slot] != before[slot]
+            })
+            .collect();
+        match counted.as_slice() {
+            [reason] => Ok((action, *reason)),
+            _ => anyhow::bail!("expected exactly one reason counted, got {counted:?}"),
+        }
+    }
+
+    /// Counters summed over CPUs (`sipfilter_common::stats` layout).
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        Ok(self.datapath.counters()?)
+    }
+}
+
+impl Drop for TestDatapath {
+    fn drop(&mut self) {
+        if let Err(error) = datapath::remove_pins(&self.pin_dir) {
+            eprintln!("removing {}: {error}", self.pin_dir.display());
+        }
+    }
+}
+
+/// Runs `program` on `packet` `repeat` times in the kernel; returns the action of the last run
+/// and the kernel's mean time per run.
+pub fn run(program: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((result.return_value, result.duration))
+}
