@@ -147,6 +147,15 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
         };
+        if let Ok(info) = aya::maps::MapInfo::from_pin(pin_dir.join(map_names::RATE))
+            && info.max_entries() != max_sources
+        {
+            log::warn!(
+                "the pinned rate-limiter map holds {} sources, the policy asks for {max_sources}: pinned maps \
+                 are reused as they are, so the new size applies after `sipfilter detach --all`",
+                info.max_entries()
+            );
+        }
         let found = datapath.config()?.abi_version;
         if found != 0 && found != ABI_VERSION {
             return Err(DatapathError::Incompatible {
