@@ -31,6 +31,8 @@ pub struct ScanBuf {
     pub found: Headers,
     /// The header whose value ends at the next line end (0: none); in memory for the same reason.
     open: u64,
+    /// Header lines seen so far; in memory for the same reason.
+    lines: u64,
     /// Round trip through memory for [`ScanBuf::widen`].
     pub spill: u64,
 }
@@ -47,6 +49,7 @@ enum Slot {
     FromEnd,
     Complete,
     Open,
+    Lines,
 }
 
 impl ScanBuf {
@@ -59,6 +62,7 @@ impl ScanBuf {
             Slot::FromEnd => &raw mut self.found.from.end,
             Slot::Complete => &raw mut self.found.complete,
             Slot::Open => &raw mut self.open,
+            Slot::Lines => &raw mut self.lines,
         }
     }
 
@@ -117,8 +121,9 @@ fn bounded(pos: usize) -> usize {
 pub const MAX_HEADER_LINES: usize = 128;
 
 /// Steps of the header scan for a message of `len` bytes: each step either moves to the next
-/// word or consumes one line end. The verifier walks every step of the first path through the
-/// loop and keeps a pending state per open branch (at most 8192), so this bound also keeps the
+/// word or consumes one line end, so this many steps reach the end of the window or the line
+/// limit, whichever comes first. The verifier walks every step of the first path through the
+/// loop and keeps a pending state per open branch (at most 8192), so the bound also keeps the
 /// program loadable.
 #[inline(always)]
 fn header_scan_steps(len: usize) -> usize {
@@ -441,6 +446,7 @@ pub fn find_headers(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) ->
     ] {
         buf.set(slot, 0);
     }
+    buf.set(Slot::Lines, 1);
     if inspect_line(buf, start, len, wanted) {
         scan_lines(buf, start, len, wanted);
     } else {
@@ -471,6 +477,11 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
                 complete = true;
                 break;
             }
+            let lines = buf.get(Slot::Lines) + 1;
+            if lines > MAX_HEADER_LINES as u64 {
+                break;
+            }
+            buf.set(Slot::Lines, lines);
         } else {
             // Widened, not just masked: a path that consumed a line end and one that moved on
             // a word must meet at the next step with the same index range, or the verifier
@@ -483,7 +494,7 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
             newlines = bytes_equal(word(buf, index), b'\n');
         }
     }
-    // Out of budget means more header lines than the scan follows.
+    // Leaving without reaching the end means more header lines than the scan follows.
     buf.set(Slot::Complete, u64::from(complete));
 }
 

@@ -42,7 +42,10 @@ impl TestDatapath {
         let compiled = compile(&policy)?;
         let pin_dir = private_pin_dir("dp");
         let loaded = Datapath::load(&pin_dir, compiled.max_sources).and_then(|mut datapath| {
-            datapath.apply(&compiled)?;
+            datapath.apply(
+                &compiled,
+                &sipfilter::compile::SourceLists::from_policy(&compiled),
+            )?;
             Ok(datapath)
         });
         match loaded {

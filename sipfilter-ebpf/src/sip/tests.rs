@@ -5,6 +5,7 @@ fn buffer(message: &[u8]) -> (ScanBuf, usize) {
         words: [0x5a5a_5a5a_5a5a_5a5a; SCAN_WORDS],
         found: Headers::default(),
         open: 7,
+        lines: 0,
         spill: 0,
     };
     let len = message.len().min(SCAN_BYTES);
@@ -206,7 +207,8 @@ fn the_scan_reaches_a_header_at_the_end_of_a_full_window() {
 #[test]
 fn too_many_header_lines_leave_the_scan_incomplete() {
     let mut message = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
-    for _ in 0..MAX_HEADER_LINES + 8 {
+    // The User-Agent is the 129th header line.
+    for _ in 0..MAX_HEADER_LINES {
         message.extend_from_slice(b"x:\n");
     }
     message.extend_from_slice(b"User-Agent: pplsip\r\n\r\n");
@@ -215,7 +217,8 @@ fn too_many_header_lines_leave_the_scan_incomplete() {
     let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
     assert!(!headers.is_complete());
     let mut few = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
-    for _ in 0..MAX_HEADER_LINES - 2 {
+    // The User-Agent is the 128th.
+    for _ in 0..MAX_HEADER_LINES - 1 {
         few.extend_from_slice(b"x:\n");
     }
     few.extend_from_slice(b"User-Agent: pplsip\r\n\r\n");
@@ -363,4 +366,27 @@ fn arbitrary_bytes_never_escape_the_message() {
             }
         }
     }
+}
+
+#[test]
+fn the_line_count_starts_afresh_for_each_message() {
+    let mut long = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
+    for _ in 0..MAX_HEADER_LINES - 8 {
+        long.extend_from_slice(b"x:\n");
+    }
+    long.extend_from_slice(b"\r\n");
+    let (mut buf, len) = buffer(&long);
+    let first = parse_start_line(&mut buf, len).unwrap().headers;
+    assert!(find_headers(&mut buf, first, len, header::USER_AGENT).is_complete());
+    // The same per-CPU buffer serves the next packet: its count must not carry over.
+    let short = b"REGISTER sip:x SIP/2.0\r\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nUser-Agent: sipcli\r\n\r\n";
+    let bytes: &mut [u8] = unsafe {
+        core::slice::from_raw_parts_mut(buf.words.as_mut_ptr().cast::<u8>(), SCAN_BYTES + 8)
+    };
+    bytes[..short.len()].copy_from_slice(short);
+    seal(&mut buf, short.len());
+    let first = parse_start_line(&mut buf, short.len()).unwrap().headers;
+    let headers = find_headers(&mut buf, first, short.len(), header::USER_AGENT);
+    assert!(headers.is_complete());
+    assert!(headers.user_agent.is_present());
 }
