@@ -4,8 +4,18 @@
 //!
 //! A network may be in both `sources.allow` and `sources.deny`: deny wins, as it does in the
 //! datapath, which looks the deny set up first.
+//!
+//! `[bans]` and `[daemon]` configure the daemon (`sipfilter attach`), not the datapath: the ban
+//! engine ([`crate::bans`]) and the daemon's own services.
 
-use std::{collections::HashMap, fmt, net::IpAddr, ops::Range, path::Path};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::Path,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
@@ -25,6 +35,8 @@ pub struct Policy {
     pub scanners: Scanners,
     pub toll_fraud: TollFraud,
     pub restricted: Restricted,
+    pub bans: Bans,
+    pub daemon: Daemon,
 }
 
 /// Destination ports carrying SIP. TLS ports are TCP ports that get only the source checks.
@@ -169,10 +181,86 @@ pub struct Restricted {
     pub mode: Mode,
 }
 
+/// When the daemon bans a source for its offences (fail2ban semantics, see [`crate::bans`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bans {
+    /// `false`: offences are never turned into bans (manual bans still work).
+    pub enabled: bool,
+    /// Weighted offences within `find_time` that ban a source.
+    pub max_failures: u32,
+    /// The sliding window offences are counted in.
+    pub find_time: Duration,
+    /// Length of a source's first ban.
+    pub ban_time: Duration,
+    /// Cap of the doubling applied to a source banned again within a day; `>= ban_time`.
+    pub max_ban_time: Duration,
+    pub weights: OffenceWeights,
+}
+
+impl Default for Bans {
+    fn default() -> Self {
+        Bans {
+            enabled: true,
+            max_failures: 5,
+            find_time: Duration::from_secs(10 * 60),
+            ban_time: Duration::from_secs(HOUR),
+            max_ban_time: Duration::from_secs(7 * DAY),
+            weights: OffenceWeights::default(),
+        }
+    }
+}
+
+/// Offence units each kind of offence counts for towards `max_failures` (0: not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffenceWeights {
+    pub rate_limited: u32,
+    pub scanner: u32,
+    pub toll_fraud: u32,
+    pub auth_failure: u32,
+}
+
+impl Default for OffenceWeights {
+    fn default() -> Self {
+        // A scanner fingerprint or a toll-fraud dial is deliberate on its own, so with the
+        // default max_failures one is enough; a rate-limit hit or a failed login can be a
+        // misconfigured phone, so it takes a few.
+        OffenceWeights {
+            rate_limited: 1,
+            scanner: 5,
+            toll_fraud: 5,
+            auth_failure: 1,
+        }
+    }
+}
+
+/// The daemon's own services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    /// Where the Prometheus endpoint listens; `None`: no endpoint. Loopback unless the file
+    /// also sets `metrics_public = true`.
+    pub metrics: Option<SocketAddr>,
+    /// How often allow host names are resolved again when the answer carries no usable TTL.
+    pub dns_refresh: Duration,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9868))),
+            dns_refresh: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+const HOUR: u64 = 60 * 60;
+const DAY: u64 = 24 * HOUR;
+
 impl Policy {
     /// The policy used without `--config`: SIP on 5060 (UDP, TCP) and 5061 (TLS), no source
     /// lists, REGISTER 5/s burst 10 and INVITE 2/s burst 5 per source, the built-in scanner
-    /// patterns, no toll-fraud prefixes and no restricted ports, everything enforced.
+    /// patterns, no toll-fraud prefixes and no restricted ports, everything enforced; bans
+    /// after 5 offence units in 10 minutes, for 1 hour doubling up to a week; metrics on
+    /// 127.0.0.1:9868.
     pub fn builtin() -> Policy {
         Policy::default()
     }
@@ -257,6 +345,8 @@ struct RawPolicy {
     scanners: RawScanners,
     toll_fraud: RawTollFraud,
     restricted: RawRestricted,
+    bans: RawBans,
+    daemon: RawDaemon,
 }
 
 #[derive(Deserialize, Default)]
@@ -350,6 +440,35 @@ struct RawRestricted {
     mode: Option<Mode>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawBans {
+    enabled: Option<bool>,
+    max_failures: Option<Spanned<i64>>,
+    find_time: Option<Spanned<String>>,
+    ban_time: Option<Spanned<String>>,
+    max_ban_time: Option<Spanned<String>>,
+    weights: Option<RawWeights>,
+}
+
+/// A kind left out keeps its built-in weight.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawWeights {
+    rate_limited: Option<Spanned<i64>>,
+    scanner: Option<Spanned<i64>>,
+    toll_fraud: Option<Spanned<i64>>,
+    auth_failure: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawDaemon {
+    metrics: Option<Spanned<String>>,
+    metrics_public: Option<bool>,
+    dns_refresh: Option<Spanned<String>>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Validation
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +484,31 @@ const MAX_RATE: f64 = 1_000_000.0;
 const MAX_BURST: i64 = 1_000_000;
 const MAX_SOURCES: std::ops::RangeInclusive<i64> = 1024..=16_000_000;
 const IPV6_PREFIX: std::ops::RangeInclusive<i64> = 32..=128;
+const MAX_FAILURES: std::ops::RangeInclusive<i64> = 1..=1000;
+const WEIGHT: std::ops::RangeInclusive<i64> = 0..=1000;
+
+/// Bounds of a duration key, with the way the message writes them.
+struct DurationRange {
+    min: Duration,
+    max: Duration,
+    text: &'static str,
+}
+
+const FIND_TIME: DurationRange = DurationRange {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(7 * DAY),
+    text: "1s to 7d",
+};
+const BAN_TIME: DurationRange = DurationRange {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(365 * DAY),
+    text: "1s to 365d",
+};
+const DNS_REFRESH: DurationRange = DurationRange {
+    min: Duration::from_secs(10),
+    max: Duration::from_secs(DAY),
+    text: "10s to 1d",
+};
 
 struct Checker<'a> {
     text: &'a str,
@@ -424,6 +568,9 @@ impl Checker<'_> {
             mode: raw.toll_fraud.mode.unwrap_or_default(),
         };
 
+        let bans = self.bans(raw.bans, builtin.bans)?;
+        let daemon = self.daemon(raw.daemon, builtin.daemon)?;
+
         let values = |list: PortList| list.ports.into_iter().map(|(port, _)| port).collect();
         Ok(Policy {
             sip: SipPorts {
@@ -440,6 +587,8 @@ impl Checker<'_> {
                 udp: values(restricted_udp),
                 mode: raw.restricted.mode.unwrap_or_default(),
             },
+            bans,
+            daemon,
         })
     }
 
@@ -590,6 +739,157 @@ impl Checker<'_> {
             max_sources,
             mode: raw.mode.unwrap_or_default(),
         })
+    }
+
+    fn bans(&self, raw: RawBans, builtin: Bans) -> Result<Bans, ConfigError> {
+        let max_failures = match raw.max_failures {
+            None => builtin.max_failures,
+            Some(value) => self.in_range("bans.max_failures", &value, MAX_FAILURES)? as u32,
+        };
+        let find_time = self.duration(
+            "bans.find_time",
+            raw.find_time.as_ref(),
+            builtin.find_time,
+            FIND_TIME,
+        )?;
+        let ban_time = self.duration(
+            "bans.ban_time",
+            raw.ban_time.as_ref(),
+            builtin.ban_time,
+            BAN_TIME,
+        )?;
+        let max_ban_time = self.duration(
+            "bans.max_ban_time",
+            raw.max_ban_time.as_ref(),
+            builtin.max_ban_time,
+            BAN_TIME,
+        )?;
+        if max_ban_time < ban_time {
+            // Reported at a value the operator wrote, naming the other one.
+            let message = |other: &str| {
+                format!(
+                    "bans.max_ban_time ({}) is shorter than bans.ban_time ({}): escalation \
+                     doubles a ban up to max_ban_time, so it must be at least ban_time{other}",
+                    humantime::format_duration(max_ban_time),
+                    humantime::format_duration(ban_time),
+                )
+            };
+            return Err(match (raw.max_ban_time, raw.ban_time) {
+                (Some(value), _) => {
+                    self.error("bans.max_ban_time".to_owned(), &value.span(), message(""))
+                }
+                (None, Some(value)) => self.error(
+                    "bans.ban_time".to_owned(),
+                    &value.span(),
+                    message(
+                        " (max_ban_time is the built-in value; set bans.max_ban_time to change it)",
+                    ),
+                ),
+                (None, None) => unreachable!("the built-in values are consistent"),
+            });
+        }
+        let weights = raw.weights.unwrap_or_default();
+        let weight = |key: &str, value: Option<Spanned<i64>>, builtin: u32| match value {
+            None => Ok(builtin),
+            Some(value) => self
+                .in_range(&format!("bans.weights.{key}"), &value, WEIGHT)
+                .map(|w| w as u32),
+        };
+        Ok(Bans {
+            enabled: raw.enabled.unwrap_or(builtin.enabled),
+            max_failures,
+            find_time,
+            ban_time,
+            max_ban_time,
+            weights: OffenceWeights {
+                rate_limited: weight(
+                    "rate_limited",
+                    weights.rate_limited,
+                    builtin.weights.rate_limited,
+                )?,
+                scanner: weight("scanner", weights.scanner, builtin.weights.scanner)?,
+                toll_fraud: weight("toll_fraud", weights.toll_fraud, builtin.weights.toll_fraud)?,
+                auth_failure: weight(
+                    "auth_failure",
+                    weights.auth_failure,
+                    builtin.weights.auth_failure,
+                )?,
+            },
+        })
+    }
+
+    fn daemon(&self, raw: RawDaemon, builtin: Daemon) -> Result<Daemon, ConfigError> {
+        let public = raw.metrics_public.unwrap_or(false);
+        let metrics = match raw.metrics {
+            None => builtin.metrics,
+            Some(value) => self.metrics(value, public)?,
+        };
+        let dns_refresh = self.duration(
+            "daemon.dns_refresh",
+            raw.dns_refresh.as_ref(),
+            builtin.dns_refresh,
+            DNS_REFRESH,
+        )?;
+        Ok(Daemon {
+            metrics,
+            dns_refresh,
+        })
+    }
+
+    /// `"off"` or a socket address, loopback unless `public`.
+    fn metrics(
+        &self,
+        value: Spanned<String>,
+        public: bool,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        let text = value.get_ref();
+        if text == "off" {
+            return Ok(None);
+        }
+        let problem = match text.parse::<SocketAddr>() {
+            Err(_) => format!(
+                "{text:?} is not a socket address: write an address and port such as \
+                 \"127.0.0.1:9868\" or \"[::1]:9868\", or \"off\" for no metrics endpoint"
+            ),
+            Ok(addr) if addr.port() == 0 => format!(
+                "{text:?} has port 0: Prometheus needs a fixed port to scrape, e.g. \"{}\"",
+                SocketAddr::new(addr.ip(), 9868)
+            ),
+            // Exporting the counters to the network by accident leaks what the filter sees
+            // (and whom it bans), so that takes a second, explicit key.
+            Ok(addr) if !addr.ip().is_loopback() && !public => format!(
+                "{text:?} is not a loopback address, so the metrics would be reachable from the \
+                 network: set daemon.metrics_public = true to mean it"
+            ),
+            Ok(addr) => return Ok(Some(addr)),
+        };
+        Err(self.error("daemon.metrics".to_owned(), &value.span(), problem))
+    }
+
+    /// A humantime duration ("30s", "10m", "1h 30m", "1d") within `range`.
+    fn duration(
+        &self,
+        key: &str,
+        raw: Option<&Spanned<String>>,
+        builtin: Duration,
+        range: DurationRange,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = raw else {
+            return Ok(builtin);
+        };
+        let text = value.get_ref();
+        let problem = match humantime::parse_duration(text) {
+            Err(e) => format!(
+                "{text:?} is not a duration ({e}): write a number and a unit, e.g. \"30s\", \
+                 \"10m\", \"1h\" or \"1d\"; allowed are {}",
+                range.text
+            ),
+            Ok(duration) if duration < range.min || duration > range.max => {
+                format!("{text:?} is out of range: allowed are {}", range.text)
+            }
+            Ok(duration) => return Ok(duration),
+        };
+        Err(self.error(key.to_owned(), &value.span(), problem))
     }
 
     fn in_range(
@@ -782,7 +1082,7 @@ fn parse_net(text: &str) -> Result<IpNet, NetError> {
 
 /// An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, with a
 /// top-level label that is not all digits (so that "300.1.1.1" is a bad address, not a name).
-fn is_host_name(text: &str) -> bool {
+pub(crate) fn is_host_name(text: &str) -> bool {
     let label_ok = |label: &str| {
         (1..=63).contains(&label.len())
             && label
@@ -1019,6 +1319,8 @@ udp = [4569]
                 udp: vec![4569],
                 mode: Mode::Enforce,
             },
+            bans: Bans::default(),
+            daemon: Daemon::default(),
         };
         assert_eq!(policy, expected);
     }
@@ -1374,6 +1676,200 @@ mode = "monitor"
             2,
         );
         assert!(message.contains("at most 1024"), "{message}");
+    }
+
+    const MINUTE: u64 = 60;
+
+    #[test]
+    fn bans_and_daemon_defaults() {
+        let builtin = Policy::builtin();
+        assert_eq!(
+            builtin.bans,
+            Bans {
+                enabled: true,
+                max_failures: 5,
+                find_time: Duration::from_secs(10 * MINUTE),
+                ban_time: Duration::from_secs(HOUR),
+                max_ban_time: Duration::from_secs(7 * DAY),
+                weights: OffenceWeights {
+                    rate_limited: 1,
+                    scanner: 5,
+                    toll_fraud: 5,
+                    auth_failure: 1,
+                },
+            }
+        );
+        assert_eq!(
+            builtin.daemon,
+            Daemon {
+                metrics: Some("127.0.0.1:9868".parse().unwrap()),
+                dns_refresh: Duration::from_secs(5 * MINUTE),
+            }
+        );
+        assert_eq!(parse("[bans]\n[daemon]\n").unwrap(), builtin);
+    }
+
+    #[test]
+    fn bans_keys() {
+        let policy = parse(
+            r#"
+[bans]
+enabled = false
+max_failures = 1000
+find_time = "30s"
+ban_time = "1h 30m"
+max_ban_time = "1w"
+weights = { scanner = 0, auth_failure = 1000 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            policy.bans,
+            Bans {
+                enabled: false,
+                max_failures: 1000,
+                find_time: Duration::from_secs(30),
+                ban_time: Duration::from_secs(90 * MINUTE),
+                max_ban_time: Duration::from_secs(7 * DAY),
+                weights: OffenceWeights {
+                    rate_limited: 1,
+                    scanner: 0,
+                    toll_fraud: 5,
+                    auth_failure: 1000,
+                },
+            }
+        );
+        // The weights as a table of their own, and the bounds themselves.
+        let policy = parse(
+            "[bans]\nmax_failures = 1\nfind_time = \"7d\"\nban_time = \"365d\"\n\
+             max_ban_time = \"365d\"\n[bans.weights]\nrate_limited = 0\n",
+        )
+        .unwrap();
+        assert_eq!(policy.bans.max_failures, 1);
+        assert_eq!(policy.bans.find_time, Duration::from_secs(7 * DAY));
+        assert_eq!(policy.bans.ban_time, Duration::from_secs(365 * DAY));
+        assert_eq!(policy.bans.weights.rate_limited, 0);
+        assert_eq!(policy.bans.weights.scanner, 5);
+        // Equal first and longest bans: no escalation.
+        let policy = parse("[bans]\nban_time = \"1d\"\nmax_ban_time = \"24h\"\n").unwrap();
+        assert_eq!(policy.bans.ban_time, policy.bans.max_ban_time);
+    }
+
+    #[test]
+    fn bad_bans() {
+        for (text, key, line) in [
+            ("[bans]\nfind_time = \"0s\"\n", "bans.find_time", 2),
+            ("[bans]\nfind_time = \"0\"\n", "bans.find_time", 2),
+            ("[bans]\n\nfind_time = \"8d\"\n", "bans.find_time", 3),
+            ("[bans]\nfind_time = \"999ms\"\n", "bans.find_time", 2),
+            ("[bans]\nban_time = \"0s\"\n", "bans.ban_time", 2),
+            ("[bans]\nban_time = \"366d\"\n", "bans.ban_time", 2),
+            ("[bans]\nmax_ban_time = \"0s\"\n", "bans.max_ban_time", 2),
+            ("[bans]\nmax_ban_time = \"2y\"\n", "bans.max_ban_time", 2),
+            ("[bans]\nmax_failures = 0\n", "bans.max_failures", 2),
+            ("[bans]\nmax_failures = 1001\n", "bans.max_failures", 2),
+            (
+                "[bans]\nweights = { scanner = 1001 }\n",
+                "bans.weights.scanner",
+                2,
+            ),
+            (
+                "[bans.weights]\ntoll_fraud = -1\n",
+                "bans.weights.toll_fraud",
+                2,
+            ),
+        ] {
+            let message = error(text, key, line);
+            assert!(message.contains("allowed are"), "{message}");
+        }
+        for text in ["ten minutes", "10 minutes!", "10x", "-1m", ""] {
+            let toml = format!("[bans]\nfind_time = \"{text}\"\n");
+            let message = error(&toml, "bans.find_time", 2);
+            assert!(message.contains("is not a duration"), "{message}");
+            assert!(message.contains("\"10m\""), "{message}");
+        }
+        let message = error("[bans]\nfind_time = 600\n", "bans.find_time", 2);
+        assert!(message.contains("expected a string"), "{message}");
+        error("[bans]\nenabled = \"yes\"\n", "bans.enabled", 2);
+        error("[bans]\nbantime = \"1h\"\n", "bans.bantime", 2);
+        error(
+            "[bans]\nweights = { scanners = 1 }\n",
+            "bans.weights.scanners",
+            2,
+        );
+    }
+
+    #[test]
+    fn max_ban_time_below_ban_time() {
+        let message = error(
+            "[bans]\nban_time = \"2h\"\nmax_ban_time = \"1h\"\n",
+            "bans.max_ban_time",
+            3,
+        );
+        assert!(message.contains("at least ban_time"), "{message}");
+        // Against the built-in max_ban_time (1w): reported at the written value, with the way
+        // out.
+        let message = error("[bans]\nban_time = \"8d\"\n", "bans.ban_time", 2);
+        assert!(message.contains("set bans.max_ban_time"), "{message}");
+        parse("[bans]\nban_time = \"8d\"\nmax_ban_time = \"30d\"\n").unwrap();
+    }
+
+    #[test]
+    fn daemon_keys() {
+        let daemon = |text: &str| parse(text).unwrap().daemon;
+        assert_eq!(daemon("[daemon]\nmetrics = \"off\"\n").metrics, None);
+        assert_eq!(
+            daemon("[daemon]\nmetrics = \"[::1]:9100\"\ndns_refresh = \"10s\"\n"),
+            Daemon {
+                metrics: Some("[::1]:9100".parse().unwrap()),
+                dns_refresh: Duration::from_secs(10),
+            }
+        );
+        assert_eq!(
+            daemon("[daemon]\nmetrics = \"127.0.0.2:9868\"\n").metrics,
+            Some("127.0.0.2:9868".parse().unwrap())
+        );
+        assert_eq!(
+            daemon("[daemon]\nmetrics = \"0.0.0.0:9868\"\nmetrics_public = true\n").metrics,
+            Some("0.0.0.0:9868".parse().unwrap())
+        );
+        assert_eq!(
+            daemon("[daemon]\ndns_refresh = \"1d\"\nmetrics_public = true\n"),
+            Daemon {
+                dns_refresh: Duration::from_secs(DAY),
+                ..Daemon::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_daemon() {
+        for address in [
+            "0.0.0.0:9868",
+            "192.0.2.1:9868",
+            "[::]:9868",
+            "[2001:db8::1]:80",
+        ] {
+            let text = format!("[daemon]\nmetrics = \"{address}\"\n");
+            let message = error(&text, "daemon.metrics", 2);
+            assert!(message.contains("metrics_public = true"), "{message}");
+            let text = format!("[daemon]\nmetrics = \"{address}\"\nmetrics_public = false\n");
+            error(&text, "daemon.metrics", 2);
+        }
+        for address in ["localhost:9868", "127.0.0.1", "9868", "on", ""] {
+            let text = format!("[daemon]\n\nmetrics = \"{address}\"\n");
+            let message = error(&text, "daemon.metrics", 3);
+            assert!(message.contains("\"off\""), "{message}");
+        }
+        let message = error("[daemon]\nmetrics = \"127.0.0.1:0\"\n", "daemon.metrics", 2);
+        assert!(message.contains("\"127.0.0.1:9868\""), "{message}");
+        error("[daemon]\nmetrics = false\n", "daemon.metrics", 2);
+        for refresh in ["9s", "0s", "2d", "soon"] {
+            let text = format!("[daemon]\ndns_refresh = \"{refresh}\"\n");
+            let message = error(&text, "daemon.dns_refresh", 2);
+            assert!(message.contains("10s to 1d"), "{message}");
+        }
+        error("[daemon]\nmetric = \"off\"\n", "daemon.metric", 2);
     }
 
     #[test]
