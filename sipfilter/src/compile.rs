@@ -2,7 +2,7 @@
 //! every rule of the translation (port tables, source hints, token-bucket parameters, toll keys)
 //! is unit-tested without a kernel.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use sipfilter_common::{
@@ -38,6 +38,45 @@ impl TrieKey {
                 addr: v6.addr().octets(),
             },
         }
+    }
+}
+
+/// The allow and deny tries' contents: every entry with its expiry (`CLOCK_MONOTONIC` ns, 0 =
+/// never). The policy file's entries are permanent; the daemon adds entries from the CLI and
+/// from resolved host names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceLists {
+    pub allow: BTreeMap<TrieKey, u64>,
+    pub deny: BTreeMap<TrieKey, u64>,
+}
+
+impl SourceLists {
+    /// The policy's own entries.
+    pub fn from_policy(policy: &CompiledPolicy) -> SourceLists {
+        let permanent = |keys: &[TrieKey]| keys.iter().map(|key| (*key, 0)).collect();
+        SourceLists {
+            allow: permanent(&policy.allow),
+            deny: permanent(&policy.deny),
+        }
+    }
+
+    /// Adds an entry; where one exists already, the longer-lived wins (0 = permanent).
+    pub fn add(list: &mut BTreeMap<TrieKey, u64>, key: TrieKey, expires_ns: u64) {
+        list.entry(key)
+            .and_modify(|current| {
+                if *current != 0 && (expires_ns == 0 || expires_ns > *current) {
+                    *current = expires_ns;
+                }
+            })
+            .or_insert(expires_ns);
+    }
+
+    /// Every entry with its hint bit.
+    pub fn hint_entries(&self) -> impl Iterator<Item = (&TrieKey, u8)> {
+        self.allow
+            .keys()
+            .map(|key| (key, hint::ALLOW))
+            .chain(self.deny.keys().map(|key| (key, hint::DENY)))
     }
 }
 

@@ -8,7 +8,7 @@
 //! goes unfiltered. Only `detach` removes a link.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     fs, io,
     net::IpAddr,
@@ -27,10 +27,10 @@ use aya::{
 };
 use sipfilter_common::{
     ABI_VERSION, Ban, Config, Dfa, HintBlock, PortBlock, STAGE_HEADERS, STAGE_SIP, SourceKey,
-    SourceRule, TOLL_PREFIX_MAX, hint, map_names, program_names, stats,
+    SourceRule, TOLL_PREFIX_MAX, capacity, hint, map_names, program_names, stats,
 };
 
-use crate::compile::{CompiledPolicy, TrieKey, ban_hint_key, hint_blocks, source_key};
+use crate::compile::{CompiledPolicy, SourceLists, TrieKey, ban_hint_key, hint_blocks, source_key};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sipfilter";
 const PROGRAM_PIN: &str = "program";
@@ -101,6 +101,17 @@ pub enum Attached {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+}
+
+/// A delete of a key that is not there: aya reports it as the syscall's ENOENT.
+fn is_missing_key(error: &aya::maps::MapError) -> bool {
+    match error {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(syscall) => {
+            syscall.io_error.kind() == io::ErrorKind::NotFound
+        }
+        _ => false,
+    }
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -199,7 +210,7 @@ impl Datapath {
             self.pin_program()?;
             return Ok(Attached::Adopted);
         }
-        if !Path::new("/sys/class/net").join(iface).exists() {
+        if !interface_exists(iface) {
             return Err(DatapathError::NoSuchInterface {
                 iface: iface.to_owned(),
             });
@@ -261,57 +272,74 @@ impl Datapath {
         map.get(&0, 0).map_err(map_error(map_names::CONFIG))
     }
 
-    /// Writes a policy. Order matters, because packets keep flowing: hints are widened before
-    /// entries are added and narrowed only after stale ones are removed; new entries are added
-    /// before old ones are removed (the allow set is never empty in between); the config that
-    /// switches features on is written last.
-    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<()> {
-        let bans = self.ban_keys()?;
-        let current_allow = self.trie_keys(map_names::ALLOW_V4, map_names::ALLOW_V6)?;
-        let current_deny = self.trie_keys(map_names::DENY_V4, map_names::DENY_V6)?;
-        let ban_hints: Vec<TrieKey> = bans.iter().map(ban_hint_key).collect();
-
-        let hints_for = |allow: &mut dyn Iterator<Item = &TrieKey>,
-                         deny: &mut dyn Iterator<Item = &TrieKey>| {
-            let entries = allow
-                .map(|key| (key, hint::ALLOW))
-                .chain(deny.map(|key| (key, hint::DENY)))
-                .chain(ban_hints.iter().map(|key| (key, hint::BAN)));
-            hint_blocks(entries.collect::<Vec<_>>())
-        };
-        let widened = hints_for(
-            &mut current_allow.iter().chain(policy.allow.iter()),
-            &mut current_deny.iter().chain(policy.deny.iter()),
-        );
-        self.write_hints(&widened)?;
-
+    /// Writes a policy and the source lists that go with it. Order matters, because packets
+    /// keep flowing: hints are widened before entries are added and narrowed only after stale
+    /// ones are removed; new entries are added before old ones are removed (the allow set is
+    /// never empty in between, and a newly trusted source is trusted before a port it needs is
+    /// restricted); the config that switches features on is written last.
+    pub fn apply(&mut self, policy: &CompiledPolicy, lists: &SourceLists) -> Result<()> {
+        let stale = self.add_lists(lists)?;
         self.write_patterns(policy)?;
         self.write_toll(policy)?;
         self.write_ports(&policy.ports)?;
-        let wanted_allow: BTreeSet<TrieKey> = policy.allow.iter().copied().collect();
-        let wanted_deny: BTreeSet<TrieKey> = policy.deny.iter().copied().collect();
-        self.sync_trie(
-            map_names::ALLOW_V4,
-            map_names::ALLOW_V6,
-            &current_allow,
-            &wanted_allow,
-        )?;
-        self.sync_trie(
-            map_names::DENY_V4,
-            map_names::DENY_V6,
-            &current_deny,
-            &wanted_deny,
-        )?;
-
-        let exact = hints_for(&mut wanted_allow.iter(), &mut wanted_deny.iter());
-        self.write_hints(&exact)?;
-
+        self.remove_stale(lists, &stale)?;
         let mut config: Array<&mut MapData, Config> =
             Array::try_from(self.map_mut(map_names::CONFIG))
                 .map_err(map_error(map_names::CONFIG))?;
         config
             .set(0, policy.config, 0)
             .map_err(map_error(map_names::CONFIG))
+    }
+
+    /// Makes the allow and deny tries hold exactly `lists`, in the same safe order as
+    /// [`Datapath::apply`].
+    pub fn apply_lists(&mut self, lists: &SourceLists) -> Result<()> {
+        let stale = self.add_lists(lists)?;
+        self.remove_stale(lists, &stale)
+    }
+
+    /// Widens the hints to old and new entries and adds or updates the new entries; returns the
+    /// entries that were there before.
+    fn add_lists(&mut self, lists: &SourceLists) -> Result<SourceLists> {
+        let current = SourceLists {
+            allow: self.trie_entries(map_names::ALLOW_V4, map_names::ALLOW_V6)?,
+            deny: self.trie_entries(map_names::DENY_V4, map_names::DENY_V6)?,
+        };
+        let bans: Vec<TrieKey> = self.ban_keys()?.iter().map(ban_hint_key).collect();
+        let widened = hint_blocks(
+            current
+                .hint_entries()
+                .chain(lists.hint_entries())
+                .chain(bans.iter().map(|key| (key, hint::BAN))),
+        );
+        self.write_hints(&widened)?;
+        self.write_trie(map_names::ALLOW_V4, map_names::ALLOW_V6, &lists.allow)?;
+        self.write_trie(map_names::DENY_V4, map_names::DENY_V6, &lists.deny)?;
+        Ok(current)
+    }
+
+    fn remove_stale(&mut self, lists: &SourceLists, before: &SourceLists) -> Result<()> {
+        let stale_allow: Vec<TrieKey> = before
+            .allow
+            .keys()
+            .filter(|key| !lists.allow.contains_key(key))
+            .copied()
+            .collect();
+        let stale_deny: Vec<TrieKey> = before
+            .deny
+            .keys()
+            .filter(|key| !lists.deny.contains_key(key))
+            .copied()
+            .collect();
+        self.remove_trie(map_names::ALLOW_V4, map_names::ALLOW_V6, &stale_allow)?;
+        self.remove_trie(map_names::DENY_V4, map_names::DENY_V6, &stale_deny)?;
+        let bans: Vec<TrieKey> = self.ban_keys()?.iter().map(ban_hint_key).collect();
+        let exact = hint_blocks(
+            lists
+                .hint_entries()
+                .chain(bans.iter().map(|key| (key, hint::BAN))),
+        );
+        self.write_hints(&exact)
     }
 
     fn map_mut(&mut self, name: &'static str) -> &mut aya::maps::Map {
@@ -376,66 +404,79 @@ impl Datapath {
         Ok(())
     }
 
-    fn trie_keys(&self, v4: &'static str, v6: &'static str) -> Result<Vec<TrieKey>> {
+    fn trie_entries(&self, v4: &'static str, v6: &'static str) -> Result<BTreeMap<TrieKey, u64>> {
         let map4: LpmTrie<&MapData, [u8; 4], SourceRule> =
             LpmTrie::try_from(self.map(v4)).map_err(map_error(v4))?;
         let map6: LpmTrie<&MapData, [u8; 16], SourceRule> =
             LpmTrie::try_from(self.map(v6)).map_err(map_error(v6))?;
-        let mut keys = Vec::new();
-        for key in map4.keys() {
-            let key = key.map_err(map_error(v4))?;
-            keys.push(TrieKey::V4 {
-                prefix_len: key.prefix_len(),
-                addr: key.data(),
-            });
+        let mut entries = BTreeMap::new();
+        for entry in map4.iter() {
+            let (key, rule) = entry.map_err(map_error(v4))?;
+            entries.insert(
+                TrieKey::V4 {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                },
+                rule.expires_ns,
+            );
         }
-        for key in map6.keys() {
-            let key = key.map_err(map_error(v6))?;
-            keys.push(TrieKey::V6 {
-                prefix_len: key.prefix_len(),
-                addr: key.data(),
-            });
+        for entry in map6.iter() {
+            let (key, rule) = entry.map_err(map_error(v6))?;
+            entries.insert(
+                TrieKey::V6 {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                },
+                rule.expires_ns,
+            );
         }
-        Ok(keys)
+        Ok(entries)
     }
 
-    /// Makes the trie pair hold exactly `wanted` (policy entries never expire).
-    fn sync_trie(
+    fn write_trie(
         &mut self,
         v4: &'static str,
         v6: &'static str,
-        current: &[TrieKey],
-        wanted: &BTreeSet<TrieKey>,
+        entries: &BTreeMap<TrieKey, u64>,
     ) -> Result<()> {
-        let permanent = SourceRule { expires_ns: 0 };
-        {
-            let mut map4: LpmTrie<&mut MapData, [u8; 4], SourceRule> =
-                LpmTrie::try_from(self.map_mut(v4)).map_err(map_error(v4))?;
-            for key in wanted {
-                if let TrieKey::V4 { prefix_len, addr } = *key {
-                    map4.insert(&Key::new(prefix_len, addr), permanent, 0)
+        for (key, &expires_ns) in entries {
+            let rule = SourceRule { expires_ns };
+            match *key {
+                TrieKey::V4 { prefix_len, addr } => {
+                    let mut map: LpmTrie<&mut MapData, [u8; 4], SourceRule> =
+                        LpmTrie::try_from(self.map_mut(v4)).map_err(map_error(v4))?;
+                    map.insert(&Key::new(prefix_len, addr), rule, 0)
                         .map_err(map_error(v4))?;
                 }
-            }
-            for key in current.iter().filter(|key| !wanted.contains(key)) {
-                if let TrieKey::V4 { prefix_len, addr } = *key {
-                    map4.remove(&Key::new(prefix_len, addr))
-                        .map_err(map_error(v4))?;
+                TrieKey::V6 { prefix_len, addr } => {
+                    let mut map: LpmTrie<&mut MapData, [u8; 16], SourceRule> =
+                        LpmTrie::try_from(self.map_mut(v6)).map_err(map_error(v6))?;
+                    map.insert(&Key::new(prefix_len, addr), rule, 0)
+                        .map_err(map_error(v6))?;
                 }
             }
         }
-        let mut map6: LpmTrie<&mut MapData, [u8; 16], SourceRule> =
-            LpmTrie::try_from(self.map_mut(v6)).map_err(map_error(v6))?;
-        for key in wanted {
-            if let TrieKey::V6 { prefix_len, addr } = *key {
-                map6.insert(&Key::new(prefix_len, addr), permanent, 0)
-                    .map_err(map_error(v6))?;
-            }
-        }
-        for key in current.iter().filter(|key| !wanted.contains(key)) {
-            if let TrieKey::V6 { prefix_len, addr } = *key {
-                map6.remove(&Key::new(prefix_len, addr))
-                    .map_err(map_error(v6))?;
+        Ok(())
+    }
+
+    fn remove_trie(&mut self, v4: &'static str, v6: &'static str, keys: &[TrieKey]) -> Result<()> {
+        for key in keys {
+            let removed = match *key {
+                TrieKey::V4 { prefix_len, addr } => {
+                    let mut map: LpmTrie<&mut MapData, [u8; 4], SourceRule> =
+                        LpmTrie::try_from(self.map_mut(v4)).map_err(map_error(v4))?;
+                    map.remove(&Key::new(prefix_len, addr))
+                }
+                TrieKey::V6 { prefix_len, addr } => {
+                    let mut map: LpmTrie<&mut MapData, [u8; 16], SourceRule> =
+                        LpmTrie::try_from(self.map_mut(v6)).map_err(map_error(v6))?;
+                    map.remove(&Key::new(prefix_len, addr))
+                }
+            };
+            if let Err(error) = removed
+                && !is_missing_key(&error)
+            {
+                return Err(map_error(v4)(error));
             }
         }
         Ok(())
@@ -467,7 +508,7 @@ impl Datapath {
         let mut map: HashMap<&mut MapData, SourceKey, Ban> =
             HashMap::try_from(self.map_mut(map_names::BANS)).map_err(map_error(map_names::BANS))?;
         match map.remove(&key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(error) if is_missing_key(&error) => Ok(()),
             other => other.map_err(map_error(map_names::BANS)),
         }
     }
@@ -492,6 +533,56 @@ impl Datapath {
         Ok(())
     }
 
+    /// Entries against capacity of the source lists, bans and toll prefixes (the rate limiter's
+    /// LRU is counted apart: [`pinned_rate_sources`]).
+    pub fn occupancy(&self) -> Vec<(String, u64, u64)> {
+        let mut maps = Vec::new();
+        let mut count = |name: &'static str, used: Option<usize>, capacity: u32| {
+            maps.push((
+                name.to_owned(),
+                used.unwrap_or(0) as u64,
+                u64::from(capacity),
+            ));
+        };
+        for (v4, v6) in [
+            (map_names::ALLOW_V4, map_names::ALLOW_V6),
+            (map_names::DENY_V4, map_names::DENY_V6),
+        ] {
+            let entries = self.trie_entries(v4, v6).ok();
+            let v4_count = entries.as_ref().map(|entries| {
+                entries
+                    .keys()
+                    .filter(|key| matches!(key, TrieKey::V4 { .. }))
+                    .count()
+            });
+            let v6_count = entries.as_ref().map(|entries| {
+                entries
+                    .keys()
+                    .filter(|key| matches!(key, TrieKey::V6 { .. }))
+                    .count()
+            });
+            count(v4, v4_count, capacity::SOURCE_LISTS);
+            count(v6, v6_count, capacity::SOURCE_LISTS);
+        }
+        count(
+            map_names::BANS,
+            self.ban_keys().ok().map(|keys| keys.len()),
+            capacity::BANS,
+        );
+        let toll =
+            LpmTrie::<&MapData, [u8; TOLL_PREFIX_MAX], u8>::try_from(self.map(map_names::TOLL))
+                .ok()
+                .map(|map| map.keys().count());
+        count(map_names::TOLL, toll, capacity::TOLL_PREFIXES);
+        maps
+    }
+
+    /// Capacity of the rate limiter's LRU as loaded (pinned maps keep their size).
+    pub fn rate_capacity(&self) -> u32 {
+        aya::maps::MapInfo::from_pin(self.pin_dir.join(map_names::RATE))
+            .map_or(0, |info| info.max_entries())
+    }
+
     /// Counters summed over CPUs, indexed as `sipfilter_common::stats`.
     pub fn counters(&self) -> Result<Vec<u64>> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::STATS))
@@ -513,6 +604,17 @@ impl Datapath {
             .expect("SF_EVENTS in object");
         RingBuf::try_from(map).map_err(map_error(map_names::EVENTS))
     }
+}
+
+/// Keys of the pinned rate-limiter map, counted one by one (slow for a full LRU: call it off
+/// the hot path).
+pub fn pinned_rate_sources(pin_dir: &Path) -> Result<u64> {
+    let data =
+        MapData::from_pin(pin_dir.join(map_names::RATE)).map_err(map_error(map_names::RATE))?;
+    let map = aya::maps::Map::LruHashMap(data);
+    let map: HashMap<&MapData, SourceKey, sipfilter_common::RateState> =
+        HashMap::try_from(&map).map_err(map_error(map_names::RATE))?;
+    Ok(map.keys().filter(|key| key.is_ok()).count() as u64)
 }
 
 fn sum_counters(map: &PerCpuArray<&MapData, u64>) -> Result<Vec<u64>> {
@@ -557,6 +659,16 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("link-{iface}"))
+}
+
+/// Whether `iface` exists in this process's network namespace (not /sys/class/net, which shows
+/// the namespace sysfs was mounted in, not the one `--netns` entered).
+pub fn interface_exists(iface: &str) -> bool {
+    let Ok(name) = CString::new(iface) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 /// Interfaces with a pinned sipfilter link under `pin_dir`.

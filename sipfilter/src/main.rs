@@ -10,6 +10,9 @@ use clap::Parser as _;
 mod cli;
 
 fn main() -> ExitCode {
+    // `sipfilter list | head` should end quietly, as other Unix tools do, not panic on EPIPE.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = cli::Cli::parse();
     env_logger::Builder::new()
         .filter_level(match cli.verbose {

@@ -1,22 +1,23 @@
-//! `sipfilter attach`: load the datapath, apply the policy, attach, and log events until
-//! SIGINT or SIGTERM. The filter stays attached after the process exits.
+//! `sipfilter attach`: run the filter and its daemon in the foreground.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context as _, bail};
-use sipfilter::{
-    compile::compile,
-    config::Policy,
-    datapath::{AttachMode, Attached, Datapath},
-    events::read_events,
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
 };
-use tokio::signal::unix::{SignalKind, signal};
 
-/// Attach the filter to interfaces and run in the foreground, logging events.
+use sipfilter::{
+    daemon::{self, Options},
+    datapath::AttachMode,
+};
+
+/// Attach the filter to interfaces and run its daemon in the foreground.
 ///
-/// The program, its links and its maps are pinned, so the filter keeps working with its last
-/// policy after this process stops (SIGINT, SIGTERM, crash). Running `attach` again takes the
-/// pinned filter over with the new policy, without a gap; `sipfilter detach` removes it.
+/// The daemon applies the policy, serves the control socket (`sipfilter allow`, `deny`, `list`,
+/// ...), turns offences seen by the datapath into bans, exports Prometheus metrics, and keeps
+/// CLI entries and bans in a state file. The program, its links and its maps are pinned, so the
+/// filter keeps working with its last policy after this process stops (SIGINT, SIGTERM, crash);
+/// running `attach` again takes it over without a gap, and `sipfilter detach` removes it.
+/// SIGHUP reloads the policy file.
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
     /// Interfaces to filter, e.g. eth0.
@@ -33,53 +34,28 @@ pub struct AttachArgs {
     /// any interface), or `auto` (driver where the NIC supports it, else skb).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub mode: AttachMode,
+
+    /// Where CLI entries and bans are kept across restarts and reboots.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/lib/sipfilter/state.json"
+    )]
+    pub state_file: PathBuf,
+
+    /// Resolve host names with this DNS server instead of the system's resolver.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_server: Option<SocketAddr>,
 }
 
-pub fn run(args: &AttachArgs, pin_dir: &Path) -> anyhow::Result<()> {
-    let policy = match &args.config {
-        Some(path) => Policy::load(path)?,
-        None => Policy::builtin(),
-    };
-    let compiled = compile(&policy).context("compiling the scanner patterns")?;
-    for iface in &args.interfaces {
-        if !Path::new("/sys/class/net").join(iface).exists() {
-            bail!("interface {iface} does not exist (see `ip link`)");
-        }
-    }
-
-    let mut datapath = Datapath::load(pin_dir, compiled.max_sources)
-        .with_context(|| format!("loading the datapath (pins under {})", pin_dir.display()))?;
-    datapath
-        .apply(&compiled)
-        .context("writing the policy into the datapath's maps")?;
-    for iface in &args.interfaces {
-        match datapath.attach(iface, args.mode)? {
-            Attached::New(mode) => log::info!("{iface}: attached ({mode:?} mode)"),
-            Attached::Adopted => log::info!("{iface}: took over the pinned filter"),
-        }
-    }
-    let source = args
-        .config
-        .as_ref()
-        .map_or("built-in policy".to_owned(), |path| {
-            path.display().to_string()
-        });
-    log::info!("filtering with {source}; pins under {}", pin_dir.display());
-
-    let ring = datapath.take_events()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        tokio::select! {
-            result = read_events(ring, |event| log::warn!("{event}")) => result?,
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        anyhow::Ok(())
-    })?;
-    log::info!("stopping; the filter stays attached (`sipfilter detach IFACE` removes it)");
-    Ok(())
+pub fn run(args: &AttachArgs, pin_dir: &Path, socket: &Path) -> anyhow::Result<()> {
+    daemon::run(Options {
+        interfaces: args.interfaces.clone(),
+        mode: args.mode,
+        policy_path: args.config.clone(),
+        pin_dir: pin_dir.to_owned(),
+        socket: socket.to_owned(),
+        state_path: args.state_file.clone(),
+        dns_server: args.dns_server,
+    })
 }

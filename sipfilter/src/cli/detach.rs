@@ -3,10 +3,16 @@
 use std::path::Path;
 
 use anyhow::bail;
-use sipfilter::datapath::{attached_interfaces, detach, remove_pins};
+use sipfilter::{
+    control::{ClientError, Request},
+    datapath::{attached_interfaces, detach, remove_pins},
+};
 
-/// Remove the filter from interfaces. When no interface is left, the pinned program and maps
-/// are removed too.
+use super::send;
+
+/// Remove the filter from interfaces. A running daemon detaches them itself (and stops when no
+/// interface is left); without one, the pins are removed directly. When no interface is left,
+/// the pinned program and maps are removed too.
 #[derive(Debug, clap::Args)]
 pub struct DetachArgs {
     /// Interfaces to detach from.
@@ -18,7 +24,27 @@ pub struct DetachArgs {
     pub all: bool,
 }
 
-pub fn run(args: &DetachArgs, pin_dir: &Path) -> anyhow::Result<()> {
+pub fn run(args: &DetachArgs, pin_dir: &Path, socket: &Path) -> anyhow::Result<()> {
+    let request = Request::Detach {
+        interfaces: args.interfaces.clone(),
+    };
+    match send(socket, &request, false) {
+        Ok(()) => {
+            if args.all {
+                remove_pins(pin_dir)?;
+            }
+            return Ok(());
+        }
+        Err(error)
+            if !matches!(
+                error.downcast_ref::<ClientError>(),
+                Some(ClientError::NoDaemon { .. })
+            ) =>
+        {
+            return Err(error);
+        }
+        Err(_) => {}
+    }
     if args.all {
         for iface in attached_interfaces(pin_dir) {
             log::info!("{iface}: detached");
