@@ -93,6 +93,27 @@ fn summary(policy: &Policy) -> String {
             count(policy.toll_fraud.deny_prefixes.len(), "denied prefix"),
             mode(policy.toll_fraud.mode)
         ),
+        if policy.bans.enabled {
+            let bans = &policy.bans;
+            format!(
+                "bans         after {} offence units within {}: {}, doubling up to {}",
+                bans.max_failures,
+                humantime::format_duration(bans.find_time),
+                humantime::format_duration(bans.ban_time),
+                humantime::format_duration(bans.max_ban_time)
+            )
+        } else {
+            "bans         off".to_owned()
+        },
+        format!(
+            "metrics      {}",
+            policy
+                .daemon
+                .metrics
+                .map_or("off".to_owned(), |address| format!(
+                    "http://{address}/metrics"
+                ))
+        ),
     ];
     lines.iter().map(|line| format!("  {line}\n")).collect()
 }
