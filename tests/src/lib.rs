@@ -5,6 +5,7 @@
 //! Everything that touches the network stays inside namespaces this crate creates, so a test can
 //! never disturb the machine's own interfaces, addresses or routes.
 
+pub mod daemon;
 pub mod datapath;
 pub mod netns;
 pub mod packet;

@@ -53,9 +53,14 @@ pub fn send_udp<P: AsRef<[u8]>>(
             break;
         }
         let payload = payload.as_ref();
-        let written = socket
-            .send_to(payload, to)
-            .with_context(|| format!("sending datagram {sent} from {from} to {to}"))?;
+        // A signal (a test stopping a daemon it started) may interrupt the call: retry it.
+        let written = loop {
+            match socket.send_to(payload, to) {
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        }
+        .with_context(|| format!("sending datagram {sent} from {from} to {to}"))?;
         if written != payload.len() {
             bail!(
                 "datagram {sent} to {to}: sent {written} of {} bytes",
@@ -111,6 +116,7 @@ fn receive_loop(
             Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 break;
             }
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
             Err(err) => return Err(err).context("receiving UDP"),
         }
     }
