@@ -117,6 +117,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 }
 
 async fn run_async(options: Options) -> anyhow::Result<()> {
+    // First of all: a signal that arrives while the policy is written or the interfaces are
+    // attached waits for the loop below instead of killing the process half-way.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let policy = match &options.policy_path {
         Some(path) => Policy::load(path)?,
         None => Policy::builtin(),
@@ -242,9 +247,6 @@ async fn run_async(options: Options) -> anyhow::Result<()> {
     }
     daemon.refresh_snapshot();
 
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     let mut ticks = tokio::time::interval(TICK);
     while !daemon.stop {
         tokio::select! {
