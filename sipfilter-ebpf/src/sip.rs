@@ -115,6 +115,10 @@ fn bounded(pos: usize) -> usize {
     opaque(pos) & POS_MASK
 }
 
+/// Range of the header scan's word index, as the verifier must see it: a power of two minus one,
+/// above the last word (`SCAN_BYTES / 8`).
+const INDEX_RANGE: usize = 2 * SCAN_BYTES / 8 - 1;
+
 /// Header lines the scan follows within the window. Real messages have a few dozen, even
 /// through several proxies; a message with more is not inspected further, and the caller
 /// learns so from [`Headers::complete`].
@@ -458,7 +462,11 @@ pub fn find_headers(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) ->
 
 #[inline(always)]
 fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
-    let mut index = start >> 3;
+    // Widened once, masked (opaquely) at every step: the index then has the same range
+    // ([0, INDEX_RANGE]) on every path that reaches the loop head, so the verifier sees a path
+    // that consumed a line end and one that moved on a word converge. (Widening at every step
+    // would do too, but puts a store and a load on the loop's critical path.)
+    let mut index = buf.widen(start >> 3) & INDEX_RANGE;
     let mut newlines = bytes_equal(word(buf, index), b'\n') & from_byte(start & 7);
     let mut budget = opaque(header_scan_steps(len));
     // Set only on the way out of the loop, so it does not split the loop's states.
@@ -483,10 +491,7 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
             }
             buf.set(Slot::Lines, lines);
         } else {
-            // Widened, not just masked: a path that consumed a line end and one that moved on
-            // a word must meet at the next step with the same index range, or the verifier
-            // cannot tell they converge and walks every path to the end of the loop.
-            index = buf.widen(index + 1) & (2 * SCAN_BYTES / 8 - 1);
+            index = opaque(index + 1) & INDEX_RANGE;
             if index * 8 >= len {
                 complete = true;
                 break;
