@@ -606,7 +606,13 @@ impl Daemon {
                     Err(_) => Response::failed("no request within 5 s"),
                 }
             }
-            Ok(uid) => Response::failed(format!("permission denied: uid {uid} is not root")),
+            Ok(uid) => {
+                // Read (and ignore) the request first: closing on an unread request makes the
+                // client's write fail with EPIPE, and it would never see this answer.
+                let _ = tokio::time::timeout(Duration::from_secs(5), control::read_request(stream))
+                    .await;
+                Response::failed(format!("permission denied: uid {uid} is not root"))
+            }
             Err(error) => Response::failed(format!("cannot identify the client: {error}")),
         };
         if let Err(error) = control::write_response(stream, &response).await {

@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 pub mod netns;
 pub mod packet;
 pub mod privileges;
