@@ -10,16 +10,16 @@ use sipfilter::{
 
 use super::send;
 
-/// Remove the filter from interfaces. A running daemon detaches them itself (and stops when no
-/// interface is left); without one, the pins are removed directly. When no interface is left,
-/// the pinned program and maps are removed too.
+/// Remove the filter from interfaces (all of them when none is named). A running daemon
+/// detaches them itself (and stops when no interface is left); without one, the pins are
+/// removed directly. When no interface is left, the pinned program and maps are removed too.
 #[derive(Debug, clap::Args)]
 pub struct DetachArgs {
-    /// Interfaces to detach from.
-    #[arg(value_name = "IFACE", required_unless_present = "all")]
+    /// Interfaces to detach from; every attached interface when left out.
+    #[arg(value_name = "IFACE")]
     pub interfaces: Vec<String>,
 
-    /// Detach from every interface and remove every pin.
+    /// Detach from every interface and remove every pin, also maps left without a link.
     #[arg(long, conflicts_with = "interfaces")]
     pub all: bool,
 }
@@ -45,7 +45,7 @@ pub fn run(args: &DetachArgs, pin_dir: &Path, socket: &Path) -> anyhow::Result<(
         }
         Err(_) => {}
     }
-    if args.all {
+    if args.all || args.interfaces.is_empty() {
         for iface in attached_interfaces(pin_dir) {
             log::info!("{iface}: detached");
         }
