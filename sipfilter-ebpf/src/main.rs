@@ -6,6 +6,8 @@
 // `fetch_add`. The eBPF build uses the nightly toolchain.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// For whole-width unaligned packet loads (`datapath::cursor`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod datapath;
