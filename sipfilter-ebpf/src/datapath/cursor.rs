@@ -1,6 +1,7 @@
 //! The one bounds-checked accessor for packet memory. No other code does pointer arithmetic on
-//! the packet: every header read is `read::<T>(ctx, offset)`, which the verifier can follow
-//! because the comparison against `data_end` sits right before the load.
+//! the packet: a header is read with `read::<T>(ctx, offset)`, or checked once as a whole with
+//! `span::<N>(ctx, offset)` and then read field by field; either way the verifier can follow,
+//! because the comparison against `data_end` is on the very pointer the loads use.
 
 use aya_ebpf::programs::XdpContext;
 use sipfilter_ebpf::swar::opaque;
@@ -56,6 +57,52 @@ unsafe fn load<T: Copy>(ptr: usize) -> T {
             _ => (ptr as *const T).read_unaligned(),
         }
     }
+}
+
+/// `N` bytes of the frame whose bounds were checked once: a fixed-size header, read field by
+/// field at constant offsets without further checks.
+pub struct Span<const N: usize> {
+    ptr: usize,
+}
+
+/// The `N` bytes at `offset`, or `None` if they run past the end of the frame.
+#[inline(always)]
+pub fn span<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<Span<N>> {
+    let ptr = opaque(ctx.data() + offset);
+    if ptr + N > ctx.data_end() {
+        return None;
+    }
+    Some(Span { ptr })
+}
+
+macro_rules! field {
+    ($name:ident, $type:ty, $width:literal) => {
+        /// The field at byte `AT`, in memory order (call `from_be` for network-order numbers).
+        #[inline(always)]
+        pub fn $name<const AT: usize>(&self) -> $type {
+            const { assert!(AT + core::mem::size_of::<$type>() <= N, "field beyond the checked span") };
+            let value: u64;
+            // SAFETY: `[ptr + AT, ptr + AT + size)` lies inside the span, whose bounds were
+            // checked against the frame; a plain load with no other effect.
+            unsafe {
+                core::arch::asm!(
+                    concat!("{0} = *(", $width, " *)({1} + {2})"),
+                    out(reg) value,
+                    in(reg) self.ptr,
+                    const AT,
+                    options(pure, readonly, nostack)
+                )
+            };
+            value as $type
+        }
+    };
+}
+
+impl<const N: usize> Span<N> {
+    field!(u8_at, u8, "u8");
+    field!(u16_at, u16, "u16");
+    field!(u32_at, u32, "u32");
+    field!(u64_at, u64, "u64");
 }
 
 /// Bytes in the frame from `offset` to its end (0 if `offset` is past the end).

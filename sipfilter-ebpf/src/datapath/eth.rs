@@ -2,7 +2,7 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use super::cursor::read;
+use super::cursor::{read, span};
 
 const ETH_HEADER: usize = 14;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -19,7 +19,7 @@ pub struct Frame {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Option<Frame> {
-    let mut ether_type = u16::from_be(read::<u16>(ctx, 12)?);
+    let mut ether_type = u16::from_be(span::<ETH_HEADER>(ctx, 0)?.u16_at::<12>());
     let mut offset = ETH_HEADER;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {

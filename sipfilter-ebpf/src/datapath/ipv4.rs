@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 
 use super::{
-    cursor::{read, remaining},
+    cursor::{read, remaining, span},
     ip::{Address, Fragment, Network},
 };
 
@@ -13,18 +13,20 @@ const FRAGMENT_OFFSET: u16 = 0x1fff;
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, offset: usize) -> Option<Network> {
-    let version_ihl = read::<u8>(ctx, offset)?;
+    let header = span::<MIN_HEADER>(ctx, offset)?;
+    let version_ihl = header.u8_at::<0>();
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || header_len < MIN_HEADER {
         return None;
     }
-    let total_len = u16::from_be(read::<u16>(ctx, offset + 2)?) as usize;
-    let fragment_field = u16::from_be(read::<u16>(ctx, offset + 6)?);
-    let protocol = read::<u8>(ctx, offset + 9)?;
-    let source = read::<[u8; 4]>(ctx, offset + 12)?;
-    // The whole header, options included, must be in the frame before anything behind it is
-    // read.
-    read::<u8>(ctx, offset + header_len - 1)?;
+    let total_len = u16::from_be(header.u16_at::<2>()) as usize;
+    let fragment_field = u16::from_be(header.u16_at::<6>());
+    let protocol = header.u8_at::<9>();
+    let source = header.u32_at::<12>().to_ne_bytes();
+    // Options, if any, must be in the frame before anything behind them is read.
+    if header_len > MIN_HEADER {
+        read::<u8>(ctx, offset + header_len - 1)?;
+    }
 
     let fragment = if fragment_field & FRAGMENT_OFFSET != 0 {
         Fragment::Later

@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 
 use super::{
-    cursor::{read, remaining},
+    cursor::{read, remaining, span},
     ip::{Address, Fragment, Network},
 };
 
@@ -23,13 +23,16 @@ fn is_extension(next: u8) -> bool {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, offset: usize) -> Option<Network> {
-    let version = read::<u8>(ctx, offset)? >> 4;
-    if version != 6 {
+    let header = span::<HEADER>(ctx, offset)?;
+    if header.u8_at::<0>() >> 4 != 6 {
         return None;
     }
-    let payload_len = u16::from_be(read::<u16>(ctx, offset + 4)?) as usize;
-    let mut next = read::<u8>(ctx, offset + 6)?;
-    let source = Address(read::<[u8; 16]>(ctx, offset + 8)?);
+    let payload_len = u16::from_be(header.u16_at::<4>()) as usize;
+    let mut next = header.u8_at::<6>();
+    let mut source = [0u8; 16];
+    source[..8].copy_from_slice(&header.u64_at::<8>().to_ne_bytes());
+    source[8..].copy_from_slice(&header.u64_at::<16>().to_ne_bytes());
+    let source = Address(source);
 
     let mut l4_offset = offset + HEADER;
     let mut fragment = Fragment::Whole;

@@ -4,7 +4,7 @@ use aya_ebpf::programs::XdpContext;
 use sipfilter_common::{TRANSPORT_TCP, TRANSPORT_UDP};
 
 use super::{
-    cursor::{read, remaining},
+    cursor::{read, remaining, span},
     ip::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Network},
 };
 
@@ -32,36 +32,46 @@ pub fn parse(ctx: &XdpContext, net: &Network) -> Option<Transport> {
         _ => return None,
     };
     let offset = net.l4_offset;
+    if transport == TRANSPORT_UDP
+        && let Some(header) = span::<UDP_HEADER>(ctx, offset)
+    {
+        let udp_len = u16::from_be(header.u16_at::<4>()) as usize;
+        // A first fragment's UDP length covers the whole datagram, beyond this frame.
+        let fits = net.fragment == Fragment::First || udp_len <= net.l4_len;
+        let payload_offset = offset + UDP_HEADER;
+        return Some(Transport {
+            transport,
+            src_port: u16::from_be(header.u16_at::<0>()),
+            dst_port: u16::from_be(header.u16_at::<2>()),
+            payload_offset,
+            payload_len: (udp_len.saturating_sub(UDP_HEADER)).min(remaining(ctx, payload_offset)),
+            consistent: net.consistent && udp_len >= UDP_HEADER && fits,
+        });
+    }
+    if transport == TRANSPORT_TCP
+        && let Some(header) = span::<TCP_MIN_HEADER>(ctx, offset)
+    {
+        let header_len = ((header.u8_at::<12>() >> 4) as usize) * 4;
+        let payload_offset = offset + header_len;
+        return Some(Transport {
+            transport,
+            src_port: u16::from_be(header.u16_at::<0>()),
+            dst_port: u16::from_be(header.u16_at::<2>()),
+            payload_offset,
+            payload_len: (net.l4_len.saturating_sub(header_len))
+                .min(remaining(ctx, payload_offset)),
+            consistent: net.consistent && header_len >= TCP_MIN_HEADER && header_len <= net.l4_len,
+        });
+    }
+    // A header cut short: the ports may still say the packet was meant for a protected port,
+    // where a truncated header is dropped.
     let ports = read::<[u16; 2]>(ctx, offset)?;
-    let mut parsed = Transport {
+    Some(Transport {
         transport,
         src_port: u16::from_be(ports[0]),
         dst_port: u16::from_be(ports[1]),
         payload_offset: offset,
         payload_len: 0,
         consistent: false,
-    };
-    if transport == TRANSPORT_UDP {
-        let Some(udp_len) = read::<u16>(ctx, offset + 4) else {
-            return Some(parsed);
-        };
-        let udp_len = u16::from_be(udp_len) as usize;
-        // A first fragment's UDP length covers the whole datagram, beyond this frame.
-        let fits = net.fragment == Fragment::First || udp_len <= net.l4_len;
-        parsed.consistent = net.consistent && udp_len >= UDP_HEADER && fits;
-        parsed.payload_offset = offset + UDP_HEADER;
-        parsed.payload_len =
-            (udp_len.saturating_sub(UDP_HEADER)).min(remaining(ctx, parsed.payload_offset));
-    } else {
-        let Some(data_offset) = read::<u8>(ctx, offset + 12) else {
-            return Some(parsed);
-        };
-        let header_len = ((data_offset >> 4) as usize) * 4;
-        parsed.consistent =
-            net.consistent && header_len >= TCP_MIN_HEADER && header_len <= net.l4_len;
-        parsed.payload_offset = offset + header_len;
-        parsed.payload_len =
-            (net.l4_len.saturating_sub(header_len)).min(remaining(ctx, parsed.payload_offset));
-    }
-    Some(parsed)
+    })
 }
