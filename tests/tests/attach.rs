@@ -7,14 +7,17 @@
 //! count, and every wait in time.
 
 use std::io::{ErrorKind, Read};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::net::TcpListener;
 use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sipfilter_common::{Reason, stats};
 use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter};
-use sipfilter_tests::sip_messages::{options_message, register};
+use sipfilter_tests::e2e::{
+    FAMILIES, Family, grew, legit_register, receive, scanner_options, send_burst,
+};
+use sipfilter_tests::sip_messages::register;
 use sipfilter_tests::tcp::{accept_and_read, tcp_connect, tcp_listener, tcp_send};
 use sipfilter_tests::udp::{udp_listener, udp_socket};
 use sipfilter_tests::{NetNs, Topology, require_bpf};
@@ -25,8 +28,6 @@ const READY: Duration = Duration::from_secs(15);
 const ARRIVE: Duration = Duration::from_secs(3);
 /// How long to wait for traffic that should NOT arrive (always waited in full).
 const SETTLE: Duration = Duration::from_millis(700);
-/// Send timeout of a burst.
-const SEND: Duration = Duration::from_secs(2);
 /// Connect timeout for a TCP connection the filter is expected to stop (the SYN is dropped, so
 /// the connect can only time out).
 const BLOCKED_CONNECT: Duration = Duration::from_secs(1);
@@ -48,38 +49,6 @@ const SCANNERS_ONLY: &str = "[rate_limit]\nregister = \"off\"\n\n[bans]\nenabled
 
 // ----------------------------------------------------------------------------------------------
 // Helpers
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
-
-impl Family {
-    fn client(self) -> IpAddr {
-        match self {
-            Family::V4 => Topology::CLIENT_V4.into(),
-            Family::V6 => Topology::CLIENT_V6.into(),
-        }
-    }
-
-    fn server(self) -> IpAddr {
-        match self {
-            Family::V4 => Topology::SERVER_V4.into(),
-            Family::V6 => Topology::SERVER_V6.into(),
-        }
-    }
-
-    fn server_at(self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.server(), port)
-    }
-
-    fn client_any_port(self) -> SocketAddr {
-        SocketAddr::new(self.client(), 0)
-    }
-}
 
 /// A topology and a pin directory for one test; the pin dir drops (detach --all) before the
 /// namespaces do.
@@ -187,78 +156,6 @@ impl Setup {
         }
         received
     }
-}
-
-/// Sends each payload as one datagram to `to`, back to back, within [`SEND`]. Retries a send
-/// interrupted by a signal (the shared helpers do not, which made runs flaky).
-fn send_burst(socket: &UdpSocket, to: SocketAddr, payloads: &[Vec<u8>]) {
-    socket.set_write_timeout(Some(SEND)).expect("write timeout");
-    let deadline = Instant::now() + SEND;
-    for (index, payload) in payloads.iter().enumerate() {
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "sending datagram {index} to {to} took longer than {SEND:?}"
-            );
-            match socket.send_to(payload, to) {
-                Ok(written) => {
-                    assert_eq!(written, payload.len(), "datagram {index} to {to} truncated");
-                    break;
-                }
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => panic!("sending datagram {index} to {to}: {err}"),
-            }
-        }
-    }
-}
-
-/// Receives datagrams on `listener` until `expected` have arrived or `timeout` passes.
-/// Interrupted waits are resumed (with the time left).
-fn receive(listener: &UdpSocket, expected: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
-    let mut buffer = vec![0u8; 65_536];
-    let mut datagrams = Vec::new();
-    while datagrams.len() < expected {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        listener.set_read_timeout(Some(left)).expect("read timeout");
-        match listener.recv_from(&mut buffer) {
-            Ok((len, _)) => datagrams.push(buffer[..len].to_vec()),
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                break;
-            }
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(err) => panic!("receiving UDP: {err}"),
-        }
-    }
-    datagrams
-}
-
-/// Counter `reason` grew by this much from `before` to `after`.
-fn grew(before: &[u64], after: &[u64], reason: Reason) -> u64 {
-    let slot = (stats::REASON_BASE + reason as u32) as usize;
-    after[slot] - before[slot]
-}
-
-/// A REGISTER from a normal user agent; `id` makes its Call-ID unique.
-fn legit_register(id: &str) -> Vec<u8> {
-    register(
-        "alice",
-        "example.com",
-        &format!("legit-{id}@192.0.2.1"),
-        1,
-        Some("Zoiper rv2.10.20.2"),
-        None,
-    )
-}
-
-/// An OPTIONS probe whose only scanner trait is `User-Agent: friendly-scanner`.
-fn scanner_options(id: &str) -> Vec<u8> {
-    options_message("100", "example.com", &format!("scan-{id}@192.0.2.1"), 1)
-        .header("User-Agent", "friendly-scanner")
-        .build()
 }
 
 /// `n` scanner OPTIONS and `n` legitimate REGISTERs, interleaved.

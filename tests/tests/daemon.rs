@@ -15,16 +15,19 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sipfilter_common::{Reason, stats};
 use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter_bin};
 use sipfilter_tests::dns::DnsServer;
-use sipfilter_tests::sip_messages::{options_message, register};
+use sipfilter_tests::e2e::{
+    FAMILIES, Family, TempDir, grew, legit_register, receive, rfc3339_seconds, scanner_options,
+    send_burst, unix_now, wait_until,
+};
 use sipfilter_tests::udp::{udp_listener, udp_socket};
 use sipfilter_tests::{NetNs, Topology, require_bpf};
 
@@ -34,8 +37,6 @@ const READY: Duration = Duration::from_secs(15);
 const ARRIVE: Duration = Duration::from_secs(3);
 /// How long to wait for traffic that should NOT arrive (always waited in full).
 const SETTLE: Duration = Duration::from_millis(700);
-/// Send timeout of a burst.
-const SEND: Duration = Duration::from_secs(2);
 /// How long a daemon may take to exit after SIGTERM.
 const STOP: Duration = Duration::from_secs(5);
 /// How long a one-shot CLI command may run before the watchdog kills it.
@@ -58,42 +59,6 @@ const UNKNOWN_KEY: &str = "[scanners]\nmode = \"enforce\"\nuser_agent = [\"frien
 
 // ----------------------------------------------------------------------------------------------
 // Helpers
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
-
-impl Family {
-    fn client(self) -> IpAddr {
-        match self {
-            Family::V4 => Topology::CLIENT_V4.into(),
-            Family::V6 => Topology::CLIENT_V6.into(),
-        }
-    }
-
-    fn server(self) -> IpAddr {
-        match self {
-            Family::V4 => Topology::SERVER_V4.into(),
-            Family::V6 => Topology::SERVER_V6.into(),
-        }
-    }
-
-    fn server_at(self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.server(), port)
-    }
-
-    /// The client's address as `list` shows a host entry: with its prefix length.
-    fn client_net(self) -> String {
-        match self {
-            Family::V4 => format!("{}/32", self.client()),
-            Family::V6 => format!("{}/128", self.client()),
-        }
-    }
-}
 
 /// A policy file with `body`, and the metrics endpoint off unless `body` has a `[daemon]`
 /// section of its own.
@@ -368,66 +333,6 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Polls `done` every `step` until it is true (true) or `timeout` passes (false).
-fn wait_until(timeout: Duration, step: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(step);
-    }
-}
-
-/// Sends each payload as one datagram to `to`, back to back, within [`SEND`]; retries a send
-/// interrupted by a signal.
-fn send_burst(socket: &UdpSocket, to: SocketAddr, payloads: &[Vec<u8>]) {
-    socket.set_write_timeout(Some(SEND)).expect("write timeout");
-    let deadline = Instant::now() + SEND;
-    for (index, payload) in payloads.iter().enumerate() {
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "sending datagram {index} to {to} took longer than {SEND:?}"
-            );
-            match socket.send_to(payload, to) {
-                Ok(written) => {
-                    assert_eq!(written, payload.len(), "datagram {index} to {to} truncated");
-                    break;
-                }
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => panic!("sending datagram {index} to {to}: {err}"),
-            }
-        }
-    }
-}
-
-/// Receives datagrams on `listener` until `expected` have arrived or `timeout` passes.
-fn receive(listener: &UdpSocket, expected: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
-    let mut buffer = vec![0u8; 65_536];
-    let mut datagrams = Vec::new();
-    while datagrams.len() < expected {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        listener.set_read_timeout(Some(left)).expect("read timeout");
-        match listener.recv_from(&mut buffer) {
-            Ok((len, _)) => datagrams.push(buffer[..len].to_vec()),
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                break;
-            }
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(err) => panic!("receiving UDP: {err}"),
-        }
-    }
-    datagrams
-}
-
 /// One datagram at a time from a fixed client address to a fixed server port, each numbered,
 /// so a test can tell which probe got through and when it was sent.
 struct Prober {
@@ -550,35 +455,10 @@ fn receive_until(
     datagrams
 }
 
-/// Counter `reason` grew by this much from `before` to `after`.
-fn grew(before: &[u64], after: &[u64], reason: Reason) -> u64 {
-    let slot = (stats::REASON_BASE + reason as u32) as usize;
-    after[slot] - before[slot]
-}
-
-/// A REGISTER from a normal user agent; `id` makes its Call-ID unique.
-fn legit_register(id: &str) -> Vec<u8> {
-    register(
-        "alice",
-        "example.com",
-        &format!("legit-{id}@192.0.2.1"),
-        1,
-        Some("Zoiper rv2.10.20.2"),
-        None,
-    )
-}
-
 fn registers(tag: &str, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| legit_register(&format!("{tag}-{i}")))
         .collect()
-}
-
-/// An OPTIONS probe whose only scanner trait is `User-Agent: friendly-scanner`.
-fn scanner_options(id: &str) -> Vec<u8> {
-    options_message("100", "example.com", &format!("scan-{id}@192.0.2.1"), 1)
-        .header("User-Agent", "friendly-scanner")
-        .build()
 }
 
 fn scanners(tag: &str, n: usize) -> Vec<Vec<u8>> {
@@ -597,80 +477,6 @@ fn datagrams(tag: &str, n: usize) -> Vec<Vec<u8>> {
 fn row<'a>(rows: &'a [Value], address: &str, kind: Option<&str>) -> Option<&'a Value> {
     rows.iter()
         .find(|row| row["address"] == address && kind.is_none_or(|kind| row["kind"] == kind))
-}
-
-/// Seconds since the Unix epoch of an RFC 3339 UTC time as the daemon writes it
-/// (`2026-01-02T03:04:05Z`, optionally with a fraction). Panics on anything else.
-#[track_caller]
-fn rfc3339_seconds(text: &str) -> i64 {
-    let b = text.as_bytes();
-    let shape = b.len() >= 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && text.ends_with('Z')
-        && (b.len() == 20 || (b[19] == b'.' && b[20..b.len() - 1].iter().all(u8::is_ascii_digit)));
-    assert!(shape, "{text:?} is not an RFC 3339 UTC time");
-    let number = |from: usize, to: usize| -> i64 {
-        text[from..to]
-            .parse()
-            .unwrap_or_else(|_| panic!("{text:?} is not an RFC 3339 UTC time"))
-    };
-    let (year, month, day) = (number(0, 4), number(5, 7), number(8, 10));
-    let (hour, minute, second) = (number(11, 13), number(14, 16), number(17, 19));
-    assert!(
-        (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24 && minute < 60,
-        "{text:?} is not a valid time"
-    );
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + hour * 3600 + minute * 60 + second
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
-}
-
-/// A directory `<tmp>/sft-<tag>-<pid>-<n>` (the pattern the library cleans up after dead test
-/// processes), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static DIRS: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "sft-{tag}-{}-{}",
-            std::process::id(),
-            DIRS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: removing {}: {err}", self.0.display());
-        }
-    }
 }
 
 /// A free TCP port on 127.0.0.1 inside `ns`.

@@ -17,13 +17,13 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sipfilter_common::{Reason, stats};
+use sipfilter_common::Reason;
 use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter_bin};
+use sipfilter_tests::e2e::{Family, TempDir, grew, rfc3339_seconds, unix_now, wait_until};
 use sipfilter_tests::udp::{udp_listener, udp_socket};
 use sipfilter_tests::{Topology, require_bpf};
 
@@ -66,64 +66,11 @@ const STOCK_FILTERS: &str = "/etc/fail2ban/filter.d";
 // ----------------------------------------------------------------------------------------------
 // Helpers
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn client(self) -> IpAddr {
-        match self {
-            Family::V4 => Topology::CLIENT_V4.into(),
-            Family::V6 => Topology::CLIENT_V6.into(),
-        }
-    }
-
-    fn server(self) -> IpAddr {
-        match self {
-            Family::V4 => Topology::SERVER_V4.into(),
-            Family::V6 => Topology::SERVER_V6.into(),
-        }
-    }
-}
-
 /// An address as `sipfilter list` shows a host entry: with its prefix length.
 fn host_net(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(_) => format!("{ip}/32"),
         IpAddr::V6(_) => format!("{ip}/128"),
-    }
-}
-
-/// A temporary directory `<tmp>/sft-<tag>-<pid>-<n>` (a name the test library's stale-file
-/// sweep recognises), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static DIRS: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "sft-{tag}-{}-{}",
-            std::process::id(),
-            DIRS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: removing {}: {err}", self.0.display());
-        }
     }
 }
 
@@ -182,27 +129,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Polls `done` every `step` until it is true (true) or `timeout` passes (false).
-fn wait_until(timeout: Duration, step: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(step);
-    }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs() as i64
-}
-
 /// `YYYY-MM-DD HH:MM:SS` in UTC (Asterisk's `dateformat = %F %T`; the jails read it as UTC).
 fn utc_stamp(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
@@ -222,35 +148,6 @@ fn utc_stamp(unix: i64) -> String {
         secs / 60 % 60,
         secs % 60
     )
-}
-
-/// Seconds since the Unix epoch of the daemon's RFC 3339 UTC times (`2026-01-02T03:04:05Z`).
-#[track_caller]
-fn rfc3339_seconds(text: &str) -> i64 {
-    let b = text.as_bytes();
-    assert!(
-        b.len() == 20
-            && b[4] == b'-'
-            && b[7] == b'-'
-            && b[10] == b'T'
-            && b[13] == b':'
-            && b[16] == b':'
-            && b[19] == b'Z',
-        "{text:?} is not an RFC 3339 UTC time"
-    );
-    let number = |from: usize, to: usize| -> i64 {
-        text[from..to]
-            .parse()
-            .unwrap_or_else(|_| panic!("{text:?} is not an RFC 3339 UTC time"))
-    };
-    let (year, month, day) = (number(0, 4), number(5, 7), number(8, 10));
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + number(11, 13) * 3600 + number(14, 16) * 60 + number(17, 19)
 }
 
 /// `n` Asterisk security-log lines of failed authentication from `ip`, of the kinds the stock
@@ -339,12 +236,6 @@ fn sipfilter_ok(pins: &PinDir, args: &[&str]) {
         args.join(" "),
         text(&output.stderr)
     );
-}
-
-/// Counter `reason` grew by this much from `before` to `after`.
-fn grew(before: &[u64], after: &[u64], reason: Reason) -> u64 {
-    let slot = (stats::REASON_BASE + reason as u32) as usize;
-    after[slot] - before[slot]
 }
 
 /// Numbered datagrams from one client address to the server's [`PROBE_PORT`].
