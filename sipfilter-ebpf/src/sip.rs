@@ -29,10 +29,9 @@ pub struct ScanBuf {
     /// not track map memory, so a header found in one iteration does not split its state for
     /// every iteration after it (which would make verification quadratic in the loop length).
     pub found: Headers,
-    /// The header whose value ends at the next line end (0: none); in memory for the same reason.
-    open: u64,
-    /// Header lines seen so far; in memory for the same reason.
-    lines: u64,
+    /// What the scan carries from line to line (`ScanState`, packed); in memory for the same
+    /// reason.
+    scan: u64,
     /// Round trip through memory for [`ScanBuf::widen`].
     pub spill: u64,
 }
@@ -48,8 +47,7 @@ enum Slot {
     FromStart,
     FromEnd,
     Complete,
-    Open,
-    Lines,
+    Scan,
 }
 
 impl ScanBuf {
@@ -61,8 +59,7 @@ impl ScanBuf {
             Slot::FromStart => &raw mut self.found.from.start,
             Slot::FromEnd => &raw mut self.found.from.end,
             Slot::Complete => &raw mut self.found.complete,
-            Slot::Open => &raw mut self.open,
-            Slot::Lines => &raw mut self.lines,
+            Slot::Scan => &raw mut self.scan,
         }
     }
 
@@ -446,22 +443,70 @@ pub fn find_headers(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) ->
         Slot::FromStart,
         Slot::FromEnd,
         Slot::Complete,
-        Slot::Open,
     ] {
         buf.set(slot, 0);
     }
-    buf.set(Slot::Lines, 1);
-    if inspect_line(buf, start, len, wanted) {
-        scan_lines(buf, start, len, wanted);
-    } else {
-        buf.set(Slot::Complete, 1);
+    match inspect_line(buf, start, len) {
+        Some(head) => {
+            let hit = classify_line(buf, start, head, wanted);
+            buf.set(
+                Slot::Scan,
+                ScanState {
+                    lines: 1,
+                    open: hit,
+                    remaining: wanted & !hit,
+                }
+                .pack(),
+            );
+            scan_lines(buf, start, len);
+        }
+        None => {
+            buf.set(
+                Slot::Scan,
+                ScanState {
+                    lines: 0,
+                    open: 0,
+                    remaining: 0,
+                }
+                .pack(),
+            );
+            buf.set(Slot::Complete, 1);
+        }
     }
-    close_value(buf, len);
+    let state = ScanState::unpack(buf.get(Slot::Scan));
+    close_value(buf, state.open, len);
     buf.found
 }
 
+/// What the scan carries from one line to the next, packed into one word of the scan buffer:
+/// one load and one store per line instead of one per field.
+struct ScanState {
+    /// Header lines seen so far.
+    lines: u64,
+    /// The header whose value ends at the next line end (`header` bit, or 0).
+    open: u64,
+    /// Headers still looked for.
+    remaining: u64,
+}
+
+impl ScanState {
+    #[inline(always)]
+    fn pack(&self) -> u64 {
+        self.lines | self.open << 16 | self.remaining << 24
+    }
+
+    #[inline(always)]
+    fn unpack(word: u64) -> ScanState {
+        ScanState {
+            lines: word & 0xffff,
+            open: (word >> 16) & 0xff,
+            remaining: (word >> 24) & 0xff,
+        }
+    }
+}
+
 #[inline(always)]
-fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
+fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize) {
     // Widened once, masked (opaquely) at every step: the index then has the same range
     // ([0, INDEX_RANGE]) on every path that reaches the loop head, so the verifier sees a path
     // that consumed a line end and one that moved on a word converge. (Widening at every step
@@ -480,16 +525,34 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
                 complete = true;
                 break;
             }
-            close_value(buf, newline);
-            if !inspect_line(buf, bounded(newline + 1), len, wanted) {
+            // The carried state lives in memory, which the verifier does not track: a header
+            // found on one line then does not split its states for every line after it.
+            let state = ScanState::unpack(buf.get(Slot::Scan));
+            close_value(buf, state.open, newline);
+            let line = bounded(newline + 1);
+            let Some(head) = inspect_line(buf, line, len) else {
+                buf.set(Slot::Scan, ScanState { open: 0, ..state }.pack());
                 complete = true;
                 break;
-            }
-            let lines = buf.get(Slot::Lines) + 1;
+            };
+            let lines = state.lines + 1;
             if lines > MAX_HEADER_LINES as u64 {
                 break;
             }
-            buf.set(Slot::Lines, lines);
+            let hit = if state.remaining != 0 {
+                classify_line(buf, line, head, state.remaining)
+            } else {
+                0
+            };
+            buf.set(
+                Slot::Scan,
+                ScanState {
+                    lines,
+                    open: hit,
+                    remaining: state.remaining & !hit,
+                }
+                .pack(),
+            );
         } else {
             index = opaque(index + 1) & INDEX_RANGE;
             if index * 8 >= len {
@@ -503,47 +566,37 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) {
     buf.set(Slot::Complete, u64::from(complete));
 }
 
-/// Looks at the line starting at `line`: false at the end of the header block.
+/// The first 8 bytes of the line starting at `line`, or `None` at the end of the header block.
 #[inline(always)]
-fn inspect_line(buf: &mut ScanBuf, line: usize, len: usize, wanted: u64) -> bool {
+fn inspect_line(buf: &ScanBuf, line: usize, len: usize) -> Option<u64> {
     if line >= len {
-        return false;
+        return None;
     }
     let head = load8(buf, line);
     if head & low_bytes(2) == word_of(b"\r\n") || head & low_bytes(1) == word_of(b"\n") {
-        return false;
+        return None;
     }
-    let mut wanted = wanted;
-    if buf.get(Slot::UserAgentStart) != 0 {
-        wanted &= !header::USER_AGENT;
-    }
-    if buf.get(Slot::FromStart) != 0 {
-        wanted &= !header::FROM;
-    }
-    if wanted != 0 {
-        classify_line(buf, line, head, wanted);
-    }
-    true
+    Some(head)
 }
 
+/// Records where the value of the `open` header ends.
 #[inline(always)]
-fn close_value(buf: &mut ScanBuf, end: usize) {
-    let open = buf.get(Slot::Open);
+fn close_value(buf: &mut ScanBuf, open: u64, end: usize) {
     if open == header::USER_AGENT {
         buf.set(Slot::UserAgentEnd, end as u64);
     } else if open == header::FROM {
         buf.set(Slot::FromEnd, end as u64);
     }
-    buf.set(Slot::Open, 0);
 }
 
 const USER_AGE: u64 = word_of(b"user-age");
 const NT: u64 = word_of(b"nt");
 const FROM: u64 = word_of(b"from");
 
-/// Recognises a wanted header at the start of `line` and records where its value starts.
+/// Recognises a wanted header at the start of `line`, records where its value starts, and
+/// returns its `header` bit (0 for any other line).
 #[inline(always)]
-fn classify_line(buf: &mut ScanBuf, line: usize, head: u64, wanted: u64) {
+fn classify_line(buf: &mut ScanBuf, line: usize, head: u64, wanted: u64) -> u64 {
     let name = fold_case(head);
     let lead = name as u8;
     if lead == b'u' && wanted & header::USER_AGENT != 0 {
@@ -552,15 +605,16 @@ fn classify_line(buf: &mut ScanBuf, line: usize, head: u64, wanted: u64) {
             && let Some(value) = after_colon(buf, line + 10)
         {
             buf.set(Slot::UserAgentStart, value as u64);
-            buf.set(Slot::Open, header::USER_AGENT);
+            return header::USER_AGENT;
         }
     } else if lead == b'f' && wanted & header::FROM != 0 {
         let name_len = if name & low_bytes(4) == FROM { 4 } else { 1 };
         if let Some(value) = after_colon(buf, line + name_len) {
             buf.set(Slot::FromStart, value as u64);
-            buf.set(Slot::Open, header::FROM);
+            return header::FROM;
         }
     }
+    0
 }
 
 /// `HCOLON = *( SP / HTAB ) ":" SWS`: where the value starts, if the bytes at `pos` are up to

@@ -4,8 +4,7 @@ fn buffer(message: &[u8]) -> (ScanBuf, usize) {
     let mut buf = ScanBuf {
         words: [0x5a5a_5a5a_5a5a_5a5a; SCAN_WORDS],
         found: Headers::default(),
-        open: 7,
-        lines: 0,
+        scan: 0x5a5a,
         spill: 0,
     };
     let len = message.len().min(SCAN_BYTES);
