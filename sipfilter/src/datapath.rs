@@ -587,13 +587,7 @@ impl Datapath {
     pub fn counters(&self) -> Result<Vec<u64>> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::STATS))
             .map_err(map_error(map_names::STATS))?;
-        (0..stats::LEN)
-            .map(|index| {
-                map.get(&index, 0)
-                    .map(|values| values.iter().sum())
-                    .map_err(map_error(map_names::STATS))
-            })
-            .collect()
+        sum_counters(&map)
     }
 
     /// The event ring. Takes it out of the object: call once.
