@@ -1,13 +1,17 @@
 //! What the end-to-end tests share: the two address families of the client/server topology,
 //! bounded UDP bursts and receives that survive signals, counter deltas, the SIP messages they
-//! send, polling, time stamps and temporary directories.
+//! send, polling, time stamps, temporary directories and commands bounded in time.
 
 use std::{
     fs,
-    io::ErrorKind,
+    io::{ErrorKind, Read},
     net::{IpAddr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Command, Output, Stdio},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -220,4 +224,113 @@ pub fn rfc3339_seconds(text: &str) -> i64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     days * 86_400 + hour * 3600 + minute * 60 + second
+}
+
+/// Runs `command` to completion with its output captured. A watchdog kills it (by pid, before
+/// it can have been reaped) after `timeout`, and the run then fails. Returns the output and the
+/// instant the exit was observed: waitid(2) blocks until the exit, without polling delays, so a
+/// test can measure what happens right after a command returns.
+pub fn run_bounded(
+    mut command: Command,
+    what: &str,
+    timeout: Duration,
+) -> Result<(Output, Instant), String> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|err| format!("cannot start `{what}`: {err}"))?;
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = read_all(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = read_all(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+
+    // (exited, killed by the watchdog)
+    let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let watchdog = {
+        let state = Arc::clone(&state);
+        thread::spawn(move || {
+            let (lock, changed) = &*state;
+            let deadline = Instant::now() + timeout;
+            let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !guard.0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    // SAFETY: kill(2) on our child, which is not reaped until `exited` is set
+                    // under this lock: the pid cannot have been reused.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    guard.1 = true;
+                    break;
+                }
+                guard = changed
+                    .wait_timeout(guard, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        })
+    };
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for our own child without reaping it (WNOWAIT).
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != ErrorKind::Interrupted {
+            return Err(format!("waitid for `{what}`: {error}"));
+        }
+    }
+    let exited = Instant::now();
+    let killed = {
+        let (lock, changed) = &*state;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        guard.0 = true;
+        changed.notify_all();
+        guard.1
+    };
+    watchdog.join().expect("watchdog thread");
+    let status = child
+        .wait()
+        .map_err(|err| format!("reaping `{what}`: {err}"))?;
+    let output = Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
+    if killed {
+        return Err(format!(
+            "`{what}` did not finish within {timeout:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok((output, exited))
 }

@@ -14,9 +14,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use sipfilter_common::{Reason, stats};
 use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter_bin};
 use sipfilter_tests::dns::DnsServer;
 use sipfilter_tests::e2e::{
-    FAMILIES, Family, TempDir, grew, legit_register, receive, rfc3339_seconds, scanner_options,
-    send_burst, unix_now, wait_until,
+    FAMILIES, Family, TempDir, grew, legit_register, receive, rfc3339_seconds, run_bounded,
+    scanner_options, send_burst, unix_now, wait_until,
 };
 use sipfilter_tests::udp::{udp_listener, udp_socket};
 use sipfilter_tests::{NetNs, Topology, require_bpf};
@@ -110,7 +110,12 @@ impl Setup {
     fn cli_timed(&self, args: &[&str]) -> (Output, Instant) {
         let mut command = sipfilter_command();
         command.args(self.pins.global_args(None)).args(args);
-        run_bounded(command, &format!("sipfilter {}", args.join(" ")))
+        run_bounded(
+            command,
+            &format!("sipfilter {}", args.join(" ")),
+            CLI_TIMEOUT,
+        )
+        .unwrap_or_else(|err| panic!("{err}"))
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -218,111 +223,6 @@ fn sipfilter_command() -> Command {
         .env_remove("SIPFILTER_PIN_DIR")
         .env_remove("SIPFILTER_SOCKET");
     command
-}
-
-/// Runs `command` to completion with its output captured. A watchdog kills it (by pid, before
-/// it can have been reaped) after [`CLI_TIMEOUT`], and the run then fails. Returns the output
-/// and the instant the exit was observed: waitid(2) blocks until the exit, without polling
-/// delays, so a test can measure what happens right after a command returns.
-fn run_bounded(mut command: Command, what: &str) -> (Output, Instant) {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start `{what}`: {err}"));
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let out = read_all(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = read_all(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-
-    // (exited, killed by the watchdog)
-    let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
-    let watchdog = {
-        let state = Arc::clone(&state);
-        thread::spawn(move || {
-            let (lock, changed) = &*state;
-            let deadline = Instant::now() + CLI_TIMEOUT;
-            let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while !guard.0 {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    // SAFETY: kill(2) on our child, which is not reaped until `exited` is set
-                    // under this lock: the pid cannot have been reused.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    guard.1 = true;
-                    break;
-                }
-                guard = changed
-                    .wait_timeout(guard, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-        })
-    };
-    loop {
-        // SAFETY: a zeroed siginfo_t is a valid out-parameter.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waits for our own child without reaping it (WNOWAIT).
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-        let error = std::io::Error::last_os_error();
-        assert!(
-            error.kind() == ErrorKind::Interrupted,
-            "waitid for `{what}`: {error}"
-        );
-    }
-    let exited = Instant::now();
-    let killed = {
-        let (lock, changed) = &*state;
-        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        guard.0 = true;
-        changed.notify_all();
-        guard.1
-    };
-    watchdog.join().expect("watchdog thread");
-    let status = child
-        .wait()
-        .unwrap_or_else(|err| panic!("reaping `{what}`: {err}"));
-    let output = Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    };
-    assert!(
-        !killed,
-        "`{what}` did not finish within {CLI_TIMEOUT:?}; stderr: {}",
-        stderr(&output)
-    );
-    (output, exited)
 }
 
 fn stderr(output: &Output) -> String {
@@ -1151,7 +1051,9 @@ fn as_nobody(pins: &PinDir, args: &[&str]) -> Output {
     run_bounded(
         command,
         &format!("setpriv ... sipfilter {}", args.join(" ")),
+        CLI_TIMEOUT,
     )
+    .unwrap_or_else(|err| panic!("{err}"))
     .0
 }
 
@@ -1171,7 +1073,8 @@ fn non_root_client_is_refused() {
         "id",
         "-u",
     ]);
-    let (output, _) = run_bounded(id, "setpriv ... id -u");
+    let (output, _) =
+        run_bounded(id, "setpriv ... id -u", CLI_TIMEOUT).unwrap_or_else(|err| panic!("{err}"));
     assert_eq!(stdout(&output).trim(), "65534", "setpriv runs as nobody");
 
     // The socket is root's (0600): the connection itself is refused.

@@ -13,7 +13,7 @@
 //! (`usedns = no`, `ignoreself = false`). Every wait is bounded.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sipfilter_common::Reason;
 use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter_bin};
-use sipfilter_tests::e2e::{Family, TempDir, grew, rfc3339_seconds, unix_now, wait_until};
+use sipfilter_tests::e2e::{
+    Family, TempDir, grew, rfc3339_seconds, run_bounded, unix_now, wait_until,
+};
 use sipfilter_tests::udp::{udp_listener, udp_socket};
 use sipfilter_tests::{Topology, require_bpf};
 
@@ -72,57 +74,6 @@ fn host_net(ip: IpAddr) -> String {
         IpAddr::V4(_) => format!("{ip}/32"),
         IpAddr::V6(_) => format!("{ip}/128"),
     }
-}
-
-/// Runs `command` to completion with its output captured; kills it (by pid, not yet reaped)
-/// after `timeout` and fails.
-fn run_bounded(mut command: Command, what: &str, timeout: Duration) -> Result<Output, String> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .map_err(|err| format!("cannot start `{what}`: {err}"))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("`{what}` did not finish within {timeout:?}"));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(10)),
-            Err(err) => return Err(format!("waiting for `{what}`: {err}")),
-        }
-    };
-    Ok(Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -518,6 +469,7 @@ impl Fail2ban {
             &format!("fail2ban-client {}", args.join(" ")),
             COMMAND_TIMEOUT,
         )
+        .map(|(output, _)| output)
     }
 
     /// A `fail2ban-client` command that must succeed: its stdout.
@@ -686,7 +638,8 @@ fn assert_stock_filter_matches(dir: &TempDir, lines: &[String], ip: IpAddr) {
         .arg(&path)
         .arg(Path::new(STOCK_FILTERS).join("asterisk.conf"))
         .env("PYTHONNOUSERSITE", "1");
-    let output = run_bounded(command, "fail2ban-regex", COMMAND_TIMEOUT).expect("fail2ban-regex");
+    let (output, _) =
+        run_bounded(command, "fail2ban-regex", COMMAND_TIMEOUT).expect("fail2ban-regex");
     let report = text(&output.stdout);
     let n = lines.len();
     assert!(
