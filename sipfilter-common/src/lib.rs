@@ -28,6 +28,9 @@ pub mod map_names {
     pub const STATS: &str = "SF_STATS";
     pub const EVENTS: &str = "SF_EVENTS";
     pub const STAGES: &str = "SF_STAGES";
+    pub const EGRESS_SCRATCH: &str = "SF_EGRESS_BUF";
+    pub const EGRESS_HANDOFF: &str = "SF_EGRESS_HAND";
+    pub const EGRESS_STAGES: &str = "SF_EGRESS_NEXT";
 }
 
 /// Names of the programs in the datapath object.
@@ -38,6 +41,11 @@ pub mod program_names {
     pub const SIP: &str = "sipfilter_sip";
     /// The header scan, reached from `SIP` by tail call.
     pub const HEADERS: &str = "sipfilter_headers";
+    /// The TC egress watcher of the PBX's responses, attached beside `MAIN`.
+    pub const EGRESS: &str = "sipfilter_egress";
+    /// The watcher's response reader, reached from `EGRESS` by tail call through
+    /// `SF_EGRESS_NEXT` (index 0), for the same reason as the XDP stages.
+    pub const EGRESS_READ: &str = "sipfilter_egress_read";
 }
 
 /// `SF_STAGES` indices. The SIP checks run as programs of their own, entered by tail call with
@@ -301,13 +309,52 @@ pub mod stats {
     pub const EVENTS_LOST: u32 = 96;
     /// Events written to the ring buffer.
     pub const EVENTS_SENT: u32 = 97;
+    /// SIP responses the host sent from a SIP port, by class: `[RESPONSE_BASE + class]`.
+    pub const RESPONSE_BASE: u32 = 100;
     /// Slots in the array.
     pub const LEN: u32 = 128;
 
     const _: () = assert!(Reason::COUNT <= MONITOR_BASE - REASON_BASE);
     const _: () = assert!(Reason::COUNT <= METHOD_BASE - MONITOR_BASE);
     const _: () = assert!(Method::COUNT <= EVENTS_LOST - METHOD_BASE);
-    const _: () = assert!(EVENTS_SENT < LEN);
+    const _: () = assert!(EVENTS_SENT < RESPONSE_BASE);
+    const _: () = assert!(RESPONSE_BASE + super::ResponseClass::COUNT <= LEN);
+}
+
+/// What a response the host sends says about the request it answers, as the egress watcher
+/// classifies it. Append-only: the value indexes the stats array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseClass {
+    /// 401 or 407: the requester must authenticate.
+    Challenge = 0,
+    /// 403, 404 or 484 to REGISTER, INVITE, OPTIONS or SUBSCRIBE: refused.
+    Rejection = 1,
+    /// 2xx to REGISTER (a registration granted) or to INVITE (an authenticated call).
+    Success = 2,
+    /// Any other response: counted only.
+    Other = 3,
+}
+
+impl ResponseClass {
+    pub const COUNT: u32 = 4;
+
+    pub const ALL: [ResponseClass; Self::COUNT as usize] = [
+        ResponseClass::Challenge,
+        ResponseClass::Rejection,
+        ResponseClass::Success,
+        ResponseClass::Other,
+    ];
+
+    /// Prometheus label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ResponseClass::Challenge => "challenge",
+            ResponseClass::Rejection => "rejection",
+            ResponseClass::Success => "success",
+            ResponseClass::Other => "other",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,6 +383,9 @@ pub mod config_flags {
     pub const SCAN_FROM: u32 = 1 << 2;
     /// At least one toll-fraud prefix is loaded.
     pub const TOLL_FRAUD: u32 = 1 << 3;
+    /// `[responsive] enabled`: with `UNTRUSTED_SIP_DROP`, untrusted sources may still send
+    /// REGISTER (at the rate limit), so that they can earn learned trust.
+    pub const RESPONSIVE: u32 = 1 << 4;
 }
 
 /// The single value of `SF_CONFIG`: run-time settings the datapath reads on every packet that
@@ -502,7 +552,7 @@ impl Dfa {
 // ---------------------------------------------------------------------------------------------
 
 /// Version of [`Event`]'s layout.
-pub const EVENT_VERSION: u16 = 1;
+pub const EVENT_VERSION: u16 = 2;
 
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -514,6 +564,12 @@ pub enum EventKind {
     Scanner = 2,
     /// An INVITE to a denied prefix.
     TollFraud = 3,
+    /// The host challenged a request (401, 407).
+    Challenge = 4,
+    /// The host refused a request (403, 404, 484).
+    Rejection = 5,
+    /// The host granted a registration (2xx to REGISTER) or accepted an INVITE (2xx).
+    Success = 6,
 }
 
 impl EventKind {
@@ -522,6 +578,9 @@ impl EventKind {
             1 => Some(EventKind::RateLimited),
             2 => Some(EventKind::Scanner),
             3 => Some(EventKind::TollFraud),
+            4 => Some(EventKind::Challenge),
+            5 => Some(EventKind::Rejection),
+            6 => Some(EventKind::Success),
             _ => None,
         }
     }
@@ -531,14 +590,21 @@ impl EventKind {
             EventKind::RateLimited => "rate_limited",
             EventKind::Scanner => "scanner",
             EventKind::TollFraud => "toll_fraud",
+            EventKind::Challenge => "challenge",
+            EventKind::Rejection => "rejection",
+            EventKind::Success => "success",
         }
     }
 }
 
-/// Bytes of detail carried by an event (the dialled user of a toll-fraud attempt).
+/// Bytes of detail carried by an event (the dialled user of a toll-fraud attempt, the To user
+/// of a response).
 pub const EVENT_DETAIL_BYTES: usize = 32;
 
-/// A record in the `SF_EVENTS` ring buffer.
+/// A record in the `SF_EVENTS` ring buffer. Events about requests (rate, scanner, toll fraud)
+/// come from the XDP program; events about responses (challenge, rejection, success) from the
+/// egress watcher, which reports the peer the response goes to as the source, so that `addr`
+/// and `src_port` always name the remote party and `dst_port` the local SIP port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -546,7 +612,8 @@ pub struct Event {
     pub kind: u16,
     /// [`EVENT_VERSION`].
     pub version: u16,
-    /// [`Reason`] the datapath recorded.
+    /// [`Reason`] the datapath recorded; response events carry [`Reason::SipOk`] (the
+    /// watcher never changes a packet).
     pub reason: u32,
     /// `CLOCK_MONOTONIC` nanoseconds.
     pub time_ns: u64,
@@ -564,7 +631,16 @@ pub struct Event {
     /// Bytes of `detail` in use.
     pub detail_len: u8,
     pub detail: [u8; EVENT_DETAIL_BYTES],
+    /// Response events: the status code; 0 for request events.
+    pub status: u16,
+    pub _reserved: u16,
+    /// Success events for REGISTER: the granted registration lifetime in seconds (`Expires`
+    /// header, else the Contact's `expires` parameter); [`EXPIRES_ABSENT`] when neither says.
+    pub expires_s: u32,
 }
+
+/// [`Event::expires_s`] of a success that carried no expiry.
+pub const EXPIRES_ABSENT: u32 = u32::MAX;
 
 // ---------------------------------------------------------------------------------------------
 // Layout assertions and Pod
@@ -579,7 +655,7 @@ const _: () = assert!(core::mem::size_of::<Ban>() == 8);
 const _: () = assert!(core::mem::size_of::<HintBlock>() == 256);
 const _: () = assert!(core::mem::size_of::<RateState>() == 24);
 const _: () = assert!(core::mem::size_of::<Dfa>() == 65_536);
-const _: () = assert!(core::mem::size_of::<Event>() == 72);
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
 const _: () = assert!(Dfa::STATES == 256);
 
 #[cfg(feature = "user")]

@@ -1,5 +1,6 @@
-//! The sipfilter XDP program: entry point only. The pipeline lives in `datapath::policy`; this
-//! file turns its reason into an action and counts it, once, at the single exit.
+//! The sipfilter programs: entry points only. The XDP pipeline lives in `datapath::policy`;
+//! this file turns its reason into an action and counts it, once, at the single exit. The TC
+//! egress watcher lives in `datapath::egress`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // For `atomic_xadd`: the eBPF target has atomic adds but no compare-and-swap, so core offers no
@@ -14,10 +15,20 @@ mod datapath;
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::{TC_ACT_UNSPEC, xdp_action},
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
     use sipfilter_common::{Reason, STAGE_HEADERS, STAGE_SIP};
 
-    use crate::datapath::{maps::SF_STAGES, policy, sip, sip::Stage, stats};
+    use crate::datapath::{
+        egress,
+        maps::{SF_EGRESS_NEXT, SF_STAGES},
+        policy, sip,
+        sip::Stage,
+        stats,
+    };
 
     /// The single exit of both programs: count the verdict, turn it into an action.
     #[inline(always)]
@@ -58,6 +69,23 @@ mod program {
     #[xdp]
     pub fn sipfilter_headers(_ctx: XdpContext) -> u32 {
         finish(sip::scan_headers())
+    }
+
+    /// The egress watcher (TC clsact egress): reads, never changes. `TC_ACT_UNSPEC` lets
+    /// whatever else is attached after it decide, as if it were not there.
+    #[classifier]
+    pub fn sipfilter_egress(ctx: TcContext) -> i32 {
+        if egress::watch(&ctx) {
+            // SAFETY: the context is this program's own.
+            unsafe { SF_EGRESS_NEXT.tail_call(&ctx, 0) };
+        }
+        TC_ACT_UNSPEC
+    }
+
+    #[classifier]
+    pub fn sipfilter_egress_read(_ctx: TcContext) -> i32 {
+        egress::read();
+        TC_ACT_UNSPEC
     }
 
     #[panic_handler]

@@ -36,43 +36,46 @@ pub struct ScanBuf {
     pub spill: u64,
 }
 
-/// Fields of [`ScanBuf::found`] and [`ScanBuf::open`] are read and written through these
+/// Fields of [`ScanBuf::found`] and the packed scan state are read and written through these
 /// volatile accessors: with plain accesses LLVM keeps them in registers across the scan loop
 /// (the buffer is `&mut`, nothing else can write it), and the verifier is back to one state per
 /// combination of found headers.
-#[derive(Clone, Copy)]
-enum Slot {
-    UserAgentStart,
-    UserAgentEnd,
-    FromStart,
-    FromEnd,
-    Complete,
-    Scan,
-}
-
 impl ScanBuf {
     #[inline(always)]
-    fn slot(&mut self, slot: Slot) -> *mut u64 {
-        match slot {
-            Slot::UserAgentStart => &raw mut self.found.user_agent.start,
-            Slot::UserAgentEnd => &raw mut self.found.user_agent.end,
-            Slot::FromStart => &raw mut self.found.from.start,
-            Slot::FromEnd => &raw mut self.found.from.end,
-            Slot::Complete => &raw mut self.found.complete,
-            Slot::Scan => &raw mut self.scan,
-        }
+    fn value_start(&mut self, index: usize) -> *mut u64 {
+        &raw mut self.found.values[index & (MAX_HEADERS - 1)].start
     }
 
     #[inline(always)]
-    fn get(&mut self, slot: Slot) -> u64 {
-        // SAFETY: a field of `self`.
-        unsafe { self.slot(slot).read_volatile() }
+    fn value_end(&mut self, index: usize) -> *mut u64 {
+        &raw mut self.found.values[index & (MAX_HEADERS - 1)].end
     }
 
     #[inline(always)]
-    fn set(&mut self, slot: Slot, value: u64) {
-        // SAFETY: a field of `self`.
-        unsafe { self.slot(slot).write_volatile(value) }
+    fn get(slot: *mut u64) -> u64 {
+        // SAFETY: callers pass a field of a live `ScanBuf`.
+        unsafe { slot.read_volatile() }
+    }
+
+    #[inline(always)]
+    fn set(slot: *mut u64, value: u64) {
+        // SAFETY: callers pass a field of a live `ScanBuf`.
+        unsafe { slot.write_volatile(value) }
+    }
+
+    #[inline(always)]
+    fn scan_state(&mut self) -> ScanState {
+        ScanState::unpack(Self::get(&raw mut self.scan))
+    }
+
+    #[inline(always)]
+    fn set_scan_state(&mut self, state: ScanState) {
+        Self::set(&raw mut self.scan, state.pack());
+    }
+
+    #[inline(always)]
+    fn set_complete(&mut self, complete: bool) {
+        Self::set(&raw mut self.found.complete, u64::from(complete));
     }
 
     /// Returns `value` unchanged, but as far as the verifier knows, any value: it does not track
@@ -181,7 +184,10 @@ pub fn byte_at(buf: &ScanBuf, pos: usize) -> u8 {
 pub fn find_byte(buf: &mut ScanBuf, from: usize, len: usize, byte: u8) -> Option<usize> {
     let mut index = from >> 3;
     let mut mask = bytes_equal(word(buf, index), byte) & from_byte(from & 7);
-    let mut budget = opaque(len / 8 + 1);
+    // Bounded for the verifier whatever `len` the caller passes (a header's end read back from
+    // the scan buffer is any value as far as it knows): it walks the loop until the budget
+    // runs out on its first path.
+    let mut budget = opaque(len.min(SCAN_BYTES) / 8 + 1);
     while budget != 0 {
         budget -= 1;
         if mask != 0 {
@@ -225,6 +231,8 @@ pub struct StartLine {
     pub uri: usize,
     /// Where the first header line begins.
     pub headers: usize,
+    /// The status code of a response; 0 for a request.
+    pub status: u16,
 }
 
 /// A method token with its trailing space, as words to compare with the message's first 16
@@ -288,10 +296,12 @@ pub fn parse_start_line(buf: &mut ScanBuf, len: usize) -> Option<StartLine> {
             return None;
         }
         let line_end = find_byte(buf, 11, len, b'\n')?;
+        let digit = |at: usize| u16::from(status[at] - b'0');
         return Some(StartLine {
             method: Method::Response,
             uri: 0,
             headers: line_end + 1,
+            status: digit(0) * 100 + digit(1) * 10 + digit(2),
         });
     }
 
@@ -315,6 +325,7 @@ pub fn parse_start_line(buf: &mut ScanBuf, len: usize) -> Option<StartLine> {
         method,
         uri,
         headers: line_end + 1,
+        status: 0,
     })
 }
 
@@ -407,18 +418,20 @@ impl Span {
     }
 }
 
-/// Headers the scan looks for; a bit set in `wanted`.
-pub mod header {
-    pub const USER_AGENT: u64 = 1 << 0;
-    pub const FROM: u64 = 1 << 1;
+/// Headers one scan can look for at most.
+pub const MAX_HEADERS: usize = 4;
+
+/// The `wanted` bit of the header at `index` of a [`HeaderSet`].
+pub const fn wanted(index: usize) -> u64 {
+    1 << index
 }
 
-/// Values of the wanted headers (the first occurrence of each).
+/// Values of the wanted headers (the first occurrence of each), indexed as the [`HeaderSet`]
+/// the scan used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
-    pub user_agent: Span,
-    pub from: Span,
+    pub values: [Span; MAX_HEADERS],
     /// The scan reached the end of the headers or of the window; false when the message has
     /// more than [`MAX_HEADER_LINES`] header lines before it. A word, not a `bool`, so the
     /// struct has no padding and is cleared with word stores rather than a `memset` call.
@@ -429,53 +442,116 @@ impl Headers {
     pub const fn is_complete(&self) -> bool {
         self.complete != 0
     }
+
+    pub const fn value(&self, index: usize) -> Span {
+        self.values[index]
+    }
 }
 
-/// Finds the wanted headers between `start` (the first header line) and the empty line that
-/// ends the header block, or `len`. Header names are case-insensitive, `From` has the compact
-/// form `f`, and whitespace may precede the colon (RFC 3261 sections 7.3.1 and 25.1). The
-/// result is also left in `buf.found`.
-#[inline(always)]
-pub fn find_headers(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) -> Headers {
-    for slot in [
-        Slot::UserAgentStart,
-        Slot::UserAgentEnd,
-        Slot::FromStart,
-        Slot::FromEnd,
-        Slot::Complete,
-    ] {
-        buf.set(slot, 0);
+/// The headers one kind of scan looks for. The line loop ([`find_headers`]) is shared; a set
+/// only recognises its own header names, so each program carries the comparisons it needs and
+/// no others.
+pub trait HeaderSet {
+    /// Recognises a wanted header at the start of `line` (`head` holds its first 8 bytes):
+    /// its index in the set and where its value starts.
+    fn classify(buf: &ScanBuf, line: usize, head: u64, wanted: u64) -> Option<(usize, usize)>;
+}
+
+/// What the ingress scan looks for in requests: the headers scanners betray themselves in.
+pub struct RequestHeaders;
+
+impl RequestHeaders {
+    pub const USER_AGENT: usize = 0;
+    pub const FROM: usize = 1;
+}
+
+const USER_AGE: u64 = word_of(b"user-age");
+const NT: u64 = word_of(b"nt");
+const FROM: u64 = word_of(b"from");
+
+impl HeaderSet for RequestHeaders {
+    #[inline(always)]
+    fn classify(buf: &ScanBuf, line: usize, head: u64, wanted: u64) -> Option<(usize, usize)> {
+        let name = fold_case(head);
+        let lead = name as u8;
+        if lead == b'u' && wanted & self::wanted(Self::USER_AGENT) != 0 {
+            if name == USER_AGE && fold_case(load8(buf, line + 8)) & low_bytes(2) == NT {
+                return after_colon(buf, line + 10).map(|value| (Self::USER_AGENT, value));
+            }
+        } else if lead == b'f' && wanted & self::wanted(Self::FROM) != 0 {
+            let name_len = if name & low_bytes(4) == FROM { 4 } else { 1 };
+            return after_colon(buf, line + name_len).map(|value| (Self::FROM, value));
+        }
+        None
     }
+}
+
+/// Finds the wanted headers of set `S` between `start` (the first header line) and the empty
+/// line that ends the header block, or `len`. Header names are case-insensitive, compact forms
+/// exist, and whitespace may precede the colon (RFC 3261 sections 7.3.1 and 25.1). The result is
+/// also left in `buf.found`.
+#[inline(always)]
+pub fn find_headers<S: HeaderSet>(
+    buf: &mut ScanBuf,
+    start: usize,
+    len: usize,
+    wanted: u64,
+) -> Headers {
+    for index in 0..MAX_HEADERS {
+        ScanBuf::set(buf.value_start(index), 0);
+        ScanBuf::set(buf.value_end(index), 0);
+    }
+    buf.set_complete(false);
     match inspect_line(buf, start, len) {
         Some(head) => {
-            let hit = classify_line(buf, start, head, wanted);
-            buf.set(
-                Slot::Scan,
-                ScanState {
-                    lines: 1,
-                    open: hit,
-                    remaining: wanted & !hit,
-                }
-                .pack(),
-            );
-            scan_lines(buf, start, len);
+            let state = ScanState {
+                lines: 1,
+                open: 0,
+                remaining: wanted,
+            };
+            let state = record::<S>(buf, start, head, state);
+            buf.set_scan_state(state);
+            scan_lines::<S>(buf, start, len);
         }
         None => {
-            buf.set(
-                Slot::Scan,
-                ScanState {
-                    lines: 0,
-                    open: 0,
-                    remaining: 0,
-                }
-                .pack(),
-            );
-            buf.set(Slot::Complete, 1);
+            buf.set_scan_state(ScanState {
+                lines: 0,
+                open: 0,
+                remaining: 0,
+            });
+            buf.set_complete(true);
         }
     }
-    let state = ScanState::unpack(buf.get(Slot::Scan));
+    let state = buf.scan_state();
     close_value(buf, state.open, len);
     buf.found
+}
+
+/// Classifies a line and records a wanted header's value start: the state after the line.
+#[inline(always)]
+fn record<S: HeaderSet>(buf: &mut ScanBuf, line: usize, head: u64, state: ScanState) -> ScanState {
+    if state.remaining == 0 {
+        return ScanState { open: 0, ..state };
+    }
+    // Packed and widened: each way through `classify` knows its header's index exactly, and
+    // without the round trip through memory the verifier would carry one state per header
+    // name into every later line.
+    let hit = match S::classify(buf, line, head, state.remaining) {
+        Some((index, value)) => (index + 1) << 16 | (value & 0xffff),
+        None => 0,
+    };
+    let hit = buf.widen(hit);
+    let open = (hit >> 16) & (MAX_HEADERS * 2 - 1);
+    if open == 0 || open > MAX_HEADERS {
+        return ScanState { open: 0, ..state };
+    }
+    let index = open - 1;
+    ScanBuf::set(buf.value_start(index), (hit & 0xffff) as u64);
+    ScanState {
+        lines: state.lines,
+        open: open as u64,
+        remaining: state.remaining & !wanted(index),
+    }
 }
 
 /// What the scan carries from one line to the next, packed into one word of the scan buffer:
@@ -483,9 +559,9 @@ pub fn find_headers(buf: &mut ScanBuf, start: usize, len: usize, wanted: u64) ->
 struct ScanState {
     /// Header lines seen so far.
     lines: u64,
-    /// The header whose value ends at the next line end (`header` bit, or 0).
+    /// 1 + the index of the header whose value ends at the next line end, or 0.
     open: u64,
-    /// Headers still looked for.
+    /// `wanted` bits of the headers still looked for.
     remaining: u64,
 }
 
@@ -506,7 +582,7 @@ impl ScanState {
 }
 
 #[inline(always)]
-fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize) {
+fn scan_lines<S: HeaderSet>(buf: &mut ScanBuf, start: usize, len: usize) {
     // Widened once, masked (opaquely) at every step: the index then has the same range
     // ([0, INDEX_RANGE]) on every path that reaches the loop head, so the verifier sees a path
     // that consumed a line end and one that moved on a word converge. (Widening at every step
@@ -527,11 +603,11 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize) {
             }
             // The carried state lives in memory, which the verifier does not track: a header
             // found on one line then does not split its states for every line after it.
-            let state = ScanState::unpack(buf.get(Slot::Scan));
+            let state = buf.scan_state();
             close_value(buf, state.open, newline);
             let line = bounded(newline + 1);
             let Some(head) = inspect_line(buf, line, len) else {
-                buf.set(Slot::Scan, ScanState { open: 0, ..state }.pack());
+                buf.set_scan_state(ScanState { open: 0, ..state });
                 complete = true;
                 break;
             };
@@ -539,20 +615,8 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize) {
             if lines > MAX_HEADER_LINES as u64 {
                 break;
             }
-            let hit = if state.remaining != 0 {
-                classify_line(buf, line, head, state.remaining)
-            } else {
-                0
-            };
-            buf.set(
-                Slot::Scan,
-                ScanState {
-                    lines,
-                    open: hit,
-                    remaining: state.remaining & !hit,
-                }
-                .pack(),
-            );
+            let next = record::<S>(buf, line, head, ScanState { lines, ..state });
+            buf.set_scan_state(next);
         } else {
             index = opaque(index + 1) & INDEX_RANGE;
             if index * 8 >= len {
@@ -563,7 +627,7 @@ fn scan_lines(buf: &mut ScanBuf, start: usize, len: usize) {
         }
     }
     // Leaving without reaching the end means more header lines than the scan follows.
-    buf.set(Slot::Complete, u64::from(complete));
+    buf.set_complete(complete);
 }
 
 /// The first 8 bytes of the line starting at `line`, or `None` at the end of the header block.
@@ -582,39 +646,9 @@ fn inspect_line(buf: &ScanBuf, line: usize, len: usize) -> Option<u64> {
 /// Records where the value of the `open` header ends.
 #[inline(always)]
 fn close_value(buf: &mut ScanBuf, open: u64, end: usize) {
-    if open == header::USER_AGENT {
-        buf.set(Slot::UserAgentEnd, end as u64);
-    } else if open == header::FROM {
-        buf.set(Slot::FromEnd, end as u64);
+    if open != 0 {
+        ScanBuf::set(buf.value_end(open as usize - 1), end as u64);
     }
-}
-
-const USER_AGE: u64 = word_of(b"user-age");
-const NT: u64 = word_of(b"nt");
-const FROM: u64 = word_of(b"from");
-
-/// Recognises a wanted header at the start of `line`, records where its value starts, and
-/// returns its `header` bit (0 for any other line).
-#[inline(always)]
-fn classify_line(buf: &mut ScanBuf, line: usize, head: u64, wanted: u64) -> u64 {
-    let name = fold_case(head);
-    let lead = name as u8;
-    if lead == b'u' && wanted & header::USER_AGENT != 0 {
-        if name == USER_AGE
-            && fold_case(load8(buf, line + 8)) & low_bytes(2) == NT
-            && let Some(value) = after_colon(buf, line + 10)
-        {
-            buf.set(Slot::UserAgentStart, value as u64);
-            return header::USER_AGENT;
-        }
-    } else if lead == b'f' && wanted & header::FROM != 0 {
-        let name_len = if name & low_bytes(4) == FROM { 4 } else { 1 };
-        if let Some(value) = after_colon(buf, line + name_len) {
-            buf.set(Slot::FromStart, value as u64);
-            return header::FROM;
-        }
-    }
-    0
 }
 
 /// `HCOLON = *( SP / HTAB ) ":" SWS`: where the value starts, if the bytes at `pos` are up to
@@ -652,6 +686,8 @@ pub fn dfa_matches(dfa: &Dfa, buf: &ScanBuf, value: Span) -> bool {
     }
     state == Dfa::MATCH as usize
 }
+
+pub mod response;
 
 #[cfg(test)]
 mod tests;

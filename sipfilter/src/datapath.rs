@@ -1,11 +1,11 @@
-//! The loader: loads the XDP datapath, pins it, attaches it to interfaces, and reads and writes
-//! its maps.
+//! The loader: loads the datapath (the XDP filter and the TC egress watcher), pins it, attaches
+//! it to interfaces, and reads and writes its maps.
 //!
 //! Everything lives under one pin directory (`/sys/fs/bpf/sipfilter/` by default): the maps by
-//! name, the program as `program`, and one XDP link per interface as `link-IFNAME`. The pins
-//! keep the filter in place when the daemon stops; the next `attach` reuses the pinned maps and
-//! swaps its new program into the pinned links atomically (`bpf_link_update`), so no packet
-//! goes unfiltered. Only `detach` removes a link.
+//! name, the program as `program`, one XDP link per interface as `link-IFNAME` and one TCX
+//! egress link as `egress-IFNAME`. The pins keep the filter in place when the daemon stops; the
+//! next `attach` reuses the pinned maps and swaps its new programs into the pinned links
+//! atomically (`bpf_link_update`), so no packet goes unfiltered. Only `detach` removes a link.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,8 +20,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
     programs::{
-        Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
@@ -66,6 +67,11 @@ pub enum DatapathError {
          build uses {ABI_VERSION}); remove them with `sipfilter detach --all --pin-dir {dir}`"
     )]
     Incompatible { dir: PathBuf, found: u32 },
+    #[error("interface {iface}: the egress watcher: {source}")]
+    AttachEgress {
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("interface {iface}: {source}")]
     Attach {
         iface: String,
@@ -132,6 +138,23 @@ impl Datapath {
             .load(DATAPATH_OBJECT)?;
         let program: &mut Xdp = program(&mut ebpf)?;
         program.load()?;
+        egress_program(&mut ebpf)?.load()?;
+        let reader: &mut SchedClassifier = ebpf
+            .program_mut(program_names::EGRESS_READ)
+            .expect("the object holds the egress reader")
+            .try_into()?;
+        reader.load()?;
+        let fd = reader
+            .fd()?
+            .try_clone()
+            .map_err(|e| DatapathError::Program(e.into()))?;
+        let mut next: ProgramArray<&mut MapData> = ProgramArray::try_from(
+            ebpf.map_mut(map_names::EGRESS_STAGES)
+                .expect("SF_EGRESS_NEXT in object"),
+        )
+        .map_err(map_error(map_names::EGRESS_STAGES))?;
+        next.set(0, &fd, 0)
+            .map_err(map_error(map_names::EGRESS_STAGES))?;
         for (name, stage) in [
             (program_names::SIP, STAGE_SIP),
             (program_names::HEADERS, STAGE_HEADERS),
@@ -185,8 +208,66 @@ impl Datapath {
         program(&mut self.ebpf)
     }
 
-    /// Attaches to `iface`, or takes over the link a previous run pinned there.
+    /// The TC egress watcher.
+    pub fn egress(&mut self) -> Result<&mut SchedClassifier> {
+        egress_program(&mut self.ebpf)
+    }
+
+    /// Attaches the XDP filter and the egress watcher to `iface`, or takes over the links a
+    /// previous run pinned there.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+        let attached = self.attach_filter(iface, mode)?;
+        if let Err(error) = self.attach_egress(iface) {
+            if let Attached::New(_) = attached {
+                // Leave the interface as it was: one attach, all or nothing.
+                let _ = fs::remove_file(link_pin(&self.pin_dir, iface));
+            }
+            return Err(error);
+        }
+        Ok(attached)
+    }
+
+    /// The egress watcher as a TCX link (kernel 6.6 or later), pinned beside the XDP link.
+    fn attach_egress(&mut self, iface: &str) -> Result<()> {
+        let link_path = egress_pin(&self.pin_dir, iface);
+        let program = egress_program(&mut self.ebpf)?;
+        let attach_error = |source| DatapathError::AttachEgress {
+            iface: iface.to_owned(),
+            source,
+        };
+        let pin_error = |path: &Path| {
+            let path = path.to_owned();
+            move |e: aya::programs::links::LinkError| DatapathError::Pin {
+                path,
+                source: io::Error::other(e),
+            }
+        };
+        let id = if link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path).map_err(pin_error(&link_path))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(pin_error(&link_path))?;
+            program.attach_to_link(link).map_err(attach_error)?
+        } else {
+            program
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(attach_error)?
+        };
+        let link = FdLink::try_from(program.take_link(id).map_err(attach_error)?)
+            .map_err(pin_error(&link_path))?;
+        if !link_path.exists() {
+            link.pin(&link_path).map_err(|e| DatapathError::Pin {
+                path: link_path.clone(),
+                source: io::Error::other(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn attach_filter(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
         let link_path = link_pin(&self.pin_dir, iface);
         let program: &mut Xdp = program(&mut self.ebpf)?;
         let attach_error = |source| DatapathError::Attach {
@@ -651,8 +732,19 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(program.try_into()?)
 }
 
+fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let program = ebpf
+        .program_mut(program_names::EGRESS)
+        .expect("the object holds the egress watcher");
+    Ok(program.try_into()?)
+}
+
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("link-{iface}"))
+}
+
+fn egress_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("egress-{iface}"))
 }
 
 /// Whether `iface` exists in this process's network namespace (not /sys/class/net, which shows
@@ -698,6 +790,17 @@ pub fn detach(pin_dir: &Path, iface: &str) -> Result<()> {
         path: path.clone(),
         source,
     })?;
+    let egress = egress_pin(pin_dir, iface);
+    match fs::remove_file(&egress) {
+        // Pins of a version without the watcher have none.
+        Err(source) if source.kind() != io::ErrorKind::NotFound => {
+            return Err(DatapathError::Pin {
+                path: egress,
+                source,
+            });
+        }
+        _ => {}
+    }
     if attached_interfaces(pin_dir).is_empty() {
         remove_pins(pin_dir)?;
     }

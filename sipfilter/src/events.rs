@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use sipfilter_common::{EVENT_VERSION, Event, EventKind, Method, Reason};
+use sipfilter_common::{EVENT_VERSION, EXPIRES_ABSENT, Event, EventKind, Method, Reason};
 use tokio::io::unix::AsyncFd;
 
 /// An event as the daemon uses it.
@@ -21,8 +21,12 @@ pub struct DatapathEvent {
     pub dst_port: u16,
     pub method: Method,
     pub monitored: bool,
-    /// The dialled user of a toll-fraud attempt.
+    /// The dialled user of a toll-fraud attempt, the To user of a response.
     pub detail: String,
+    /// Response events: the status code (0 for request events).
+    pub status: u16,
+    /// Success events for REGISTER: the registration lifetime the PBX granted, if it said.
+    pub expires_s: Option<u32>,
 }
 
 impl DatapathEvent {
@@ -55,7 +59,20 @@ impl DatapathEvent {
             method: Method::from_u8(raw.method)?,
             monitored: raw.monitored != 0,
             detail: String::from_utf8_lossy(detail).into_owned(),
+            status: raw.status,
+            expires_s: (raw.expires_s != EXPIRES_ABSENT).then_some(raw.expires_s),
         })
+    }
+}
+
+impl DatapathEvent {
+    /// Whether the event reports a response the host sent (from the egress watcher) rather
+    /// than a request the filter inspected.
+    pub fn is_response(&self) -> bool {
+        matches!(
+            self.kind,
+            EventKind::Challenge | EventKind::Rejection | EventKind::Success
+        )
     }
 }
 
@@ -65,6 +82,23 @@ impl fmt::Display for DatapathEvent {
             IpAddr::V4(v4) => format!("{v4}:{}", self.src_port),
             IpAddr::V6(v6) => format!("[{v6}]:{}", self.src_port),
         };
+        if self.is_response() {
+            write!(
+                f,
+                "{}: {} to {} of {source} from port {}",
+                self.kind.name(),
+                self.status,
+                self.method.name(),
+                self.dst_port
+            )?;
+            if !self.detail.is_empty() {
+                write!(f, " user={}", self.detail.escape_debug())?;
+            }
+            if let Some(expires) = self.expires_s {
+                write!(f, " expires={expires}s")?;
+            }
+            return Ok(());
+        }
         write!(
             f,
             "{} from {source} to port {} {} ({})",

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use sipfilter::{
     compile::compile,
     config::Policy,
@@ -62,6 +62,26 @@ impl TestDatapath {
         Ok(run(self.datapath.program()?, packet, 1)?.0)
     }
 
+    /// Runs the egress watcher once on `packet` (a frame the host sends); returns the TC
+    /// action as the kernel reports it (`TC_ACT_UNSPEC`, -1, reads as `u32::MAX`) and whether
+    /// the frame came out unchanged.
+    pub fn run_egress(&mut self, packet: &[u8]) -> Result<(u32, bool)> {
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = self
+            .datapath
+            .egress()?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN (egress)")?;
+        let unchanged =
+            result.data_size_out as usize == packet.len() && out[..packet.len()] == *packet;
+        Ok((result.return_value, unchanged))
+    }
+
     /// Runs `packet` and returns the action with the reason the datapath counted for it.
     pub fn verdict(&mut self, packet: &[u8]) -> Result<(u32, Reason)> {
         let before = self.datapath.counters()?;
@@ -94,9 +114,12 @@ impl Drop for TestDatapath {
     }
 }
 
-/// Runs `program` on `packet` `repeat` times in the kernel; returns the action of the last run
-/// and the kernel's mean time per run.
-pub fn run(program: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+/// Runs `program` (XDP or TC) on `packet` `repeat` times in the kernel; returns the action of
+/// the last run and the kernel's mean time per run.
+pub fn run<P>(program: &mut P, packet: &[u8], repeat: u32) -> Result<(u32, Duration)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; packet.len() + 256];
     let result = program
         .test_run(TestRunOptions {

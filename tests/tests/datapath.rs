@@ -419,6 +419,8 @@ fn assert_events(case: &str, events: &[DatapathEvent], since: u64, expected: &[E
             method: e.method,
             monitored: e.monitored,
             detail: e.detail.to_owned(),
+            status: 0,
+            expires_s: None,
         })
         .collect();
     assert_eq!(

@@ -2,9 +2,57 @@
 //! the packet: a header is read with `read::<T>(ctx, offset)`, or checked once as a whole with
 //! `span::<N>(ctx, offset)` and then read field by field; either way the verifier can follow,
 //! because the comparison against `data_end` is on the very pointer the loads use.
+//!
+//! The parsers take any [`Frame`], so the XDP program and the TC egress watcher share them.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use sipfilter_ebpf::swar::opaque;
+
+/// A packet whose headers can be read directly: an XDP frame, or the linear part of a socket
+/// buffer.
+pub trait Frame {
+    /// Where the Ethernet header starts.
+    fn data(&self) -> usize;
+    /// The end of the directly readable bytes.
+    fn data_end(&self) -> usize;
+    /// Bytes in the whole packet: beyond `data_end` for a socket buffer whose payload sits in
+    /// pages (read those with `bpf_skb_load_bytes`).
+    fn len(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
+    }
+}
 
 /// Reads a `T` at `offset` bytes from the start of the frame, or `None` if it runs past the end.
 ///
@@ -12,7 +60,7 @@ use sipfilter_ebpf::swar::opaque;
 /// `ptr >= end`, which is the same test but proves nothing to the verifier (it only credits a
 /// pointer with the bytes below a compared `ptr + n`).
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(ctx: &impl Frame, offset: usize) -> Option<T> {
     let ptr = opaque(ctx.data() + offset);
     if ptr + core::mem::size_of::<T>() > ctx.data_end() {
         return None;
@@ -67,7 +115,7 @@ pub struct Span<const N: usize> {
 
 /// The `N` bytes at `offset`, or `None` if they run past the end of the frame.
 #[inline(always)]
-pub fn span<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<Span<N>> {
+pub fn span<const N: usize>(ctx: &impl Frame, offset: usize) -> Option<Span<N>> {
     let ptr = opaque(ctx.data() + offset);
     if ptr + N > ctx.data_end() {
         return None;
@@ -105,9 +153,8 @@ impl<const N: usize> Span<N> {
     field!(u64_at, u64, "u64");
 }
 
-/// Bytes in the frame from `offset` to its end (0 if `offset` is past the end).
+/// Bytes in the packet from `offset` to its end (0 if `offset` is past the end).
 #[inline(always)]
-pub fn remaining(ctx: &XdpContext, offset: usize) -> usize {
-    let len = ctx.data_end() - ctx.data();
-    len.saturating_sub(offset)
+pub fn remaining(ctx: &impl Frame, offset: usize) -> usize {
+    ctx.len().saturating_sub(offset)
 }

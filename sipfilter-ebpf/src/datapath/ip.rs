@@ -13,6 +13,14 @@ pub enum Fragment {
     Later,
 }
 
+/// Which address of a packet names the remote party: the source of what arrives, the
+/// destination of what the host sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Source,
+    Destination,
+}
+
 /// A source address, IPv4 as IPv4-mapped IPv6. Aligned, so LLVM copies and compares it a word
 /// at a time rather than byte by byte.
 #[repr(C, align(8))]
@@ -22,7 +30,8 @@ pub struct Address(pub [u8; 16]);
 pub struct Network {
     /// 4 or 6.
     pub version: u8,
-    /// Source address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+    /// The remote party's address ([`Peer`]: the source, except for the egress watcher, which
+    /// reads the destination); IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
     pub source: Address,
     /// Transport protocol (after IPv6 extension headers).
     pub protocol: u8,

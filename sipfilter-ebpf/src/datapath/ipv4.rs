@@ -1,10 +1,8 @@
 //! IPv4, with options (IHL > 5) and fragments.
 
-use aya_ebpf::programs::XdpContext;
-
 use super::{
-    cursor::{read, remaining, span},
-    ip::{Address, Fragment, Network},
+    cursor::{Frame, read, remaining, span},
+    ip::{Address, Fragment, Network, Peer},
 };
 
 const MIN_HEADER: usize = 20;
@@ -12,7 +10,7 @@ const FLAG_MORE_FRAGMENTS: u16 = 0x2000;
 const FRAGMENT_OFFSET: u16 = 0x1fff;
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, offset: usize) -> Option<Network> {
+pub fn parse(ctx: &impl Frame, offset: usize, peer: Peer) -> Option<Network> {
     let header = span::<MIN_HEADER>(ctx, offset)?;
     let version_ihl = header.u8_at::<0>();
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
@@ -22,7 +20,11 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Option<Network> {
     let total_len = u16::from_be(header.u16_at::<2>()) as usize;
     let fragment_field = u16::from_be(header.u16_at::<6>());
     let protocol = header.u8_at::<9>();
-    let source = header.u32_at::<12>().to_ne_bytes();
+    let source = match peer {
+        Peer::Source => header.u32_at::<12>(),
+        Peer::Destination => header.u32_at::<16>(),
+    }
+    .to_ne_bytes();
     // Options, if any, must be in the frame before anything behind them is read.
     if header_len > MIN_HEADER {
         read::<u8>(ctx, offset + header_len - 1)?;

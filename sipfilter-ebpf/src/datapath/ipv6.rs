@@ -1,10 +1,8 @@
 //! IPv6 and its extension headers (hop-by-hop, routing, destination options, fragment).
 
-use aya_ebpf::programs::XdpContext;
-
 use super::{
-    cursor::{read, remaining, span},
-    ip::{Address, Fragment, Network},
+    cursor::{Frame, read, remaining, span},
+    ip::{Address, Fragment, Network, Peer},
 };
 
 const HEADER: usize = 40;
@@ -22,7 +20,7 @@ fn is_extension(next: u8) -> bool {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, offset: usize) -> Option<Network> {
+pub fn parse(ctx: &impl Frame, offset: usize, peer: Peer) -> Option<Network> {
     let header = span::<HEADER>(ctx, offset)?;
     if header.u8_at::<0>() >> 4 != 6 {
         return None;
@@ -30,8 +28,12 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Option<Network> {
     let payload_len = u16::from_be(header.u16_at::<4>()) as usize;
     let mut next = header.u8_at::<6>();
     let mut source = [0u8; 16];
-    source[..8].copy_from_slice(&header.u64_at::<8>().to_ne_bytes());
-    source[8..].copy_from_slice(&header.u64_at::<16>().to_ne_bytes());
+    let (high, low) = match peer {
+        Peer::Source => (header.u64_at::<8>(), header.u64_at::<16>()),
+        Peer::Destination => (header.u64_at::<24>(), header.u64_at::<32>()),
+    };
+    source[..8].copy_from_slice(&high.to_ne_bytes());
+    source[8..].copy_from_slice(&low.to_ne_bytes());
     let source = Address(source);
 
     let mut l4_offset = offset + HEADER;

@@ -1,10 +1,9 @@
 //! UDP and TCP: ports and where the payload is.
 
-use aya_ebpf::programs::XdpContext;
 use sipfilter_common::{TRANSPORT_TCP, TRANSPORT_UDP};
 
 use super::{
-    cursor::{read, remaining, span},
+    cursor::{Frame, read, remaining, span},
     ip::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Network},
 };
 
@@ -25,7 +24,7 @@ pub struct Transport {
 
 /// `None` when the packet is neither UDP nor TCP, or too short to hold the ports.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, net: &Network) -> Option<Transport> {
+pub fn parse(ctx: &impl Frame, net: &Network) -> Option<Transport> {
     let transport = match net.protocol {
         IPPROTO_UDP => TRANSPORT_UDP,
         IPPROTO_TCP => TRANSPORT_TCP,

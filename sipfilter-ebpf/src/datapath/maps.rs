@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use sipfilter_ebpf::sip::ScanBuf;
 
-use super::sip::Handoff;
+use super::{egress::EgressHandoff, sip::Handoff};
 use sipfilter_common::{
     Ban, Config, Dfa, HintBlock, PORT_BLOCKS, PortBlock, RateState, STAGES, SourceKey, SourceRule,
     TOLL_PREFIX_MAX, capacity, hint, stats,
@@ -64,6 +64,20 @@ pub static SF_PATTERNS: Array<Dfa> = Array::pinned(Dfa::LISTS, 0);
 /// Per-CPU copy of the SIP message being inspected (too large for the stack).
 #[map]
 pub static SF_SCRATCH: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// The egress watcher's own copy of the response it reads, so the XDP and TC programs never
+/// share scratch state, whatever order the kernel runs them in on a CPU.
+#[map]
+pub static SF_EGRESS_BUF: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the egress watcher tells its response reader (same CPU, same packet).
+#[map]
+pub static SF_EGRESS_HAND: PerCpuArray<EgressHandoff> = PerCpuArray::with_max_entries(1, 0);
+
+/// The egress watcher's response reader ([`sipfilter_common::program_names::EGRESS_READ`]) at
+/// index 0. Pinned like `SF_STAGES`.
+#[map]
+pub static SF_EGRESS_NEXT: ProgramArray = ProgramArray::pinned(1, 0);
 
 /// What the main program tells the header-scan program it tail-calls (same CPU, same packet).
 #[map]

@@ -1,7 +1,9 @@
-//! The XDP datapath, one module per protocol layer and one per policy concern.
+//! The datapath, one module per protocol layer and one per policy concern: the XDP program's
+//! pipeline and the TC egress watcher (`egress`), which share the parsers.
 //! Every read of packet memory goes through `cursor`.
 
 pub mod cursor;
+pub mod egress;
 pub mod eth;
 pub mod events;
 pub mod ip;

@@ -5,19 +5,17 @@ use aya_ebpf::programs::XdpContext;
 use sipfilter_common::{Reason, RuleKind, port_class};
 
 use super::{
-    eth,
-    ip::{Fragment, IPPROTO_TCP, IPPROTO_UDP},
+    eth::{self, ETH_P_IP, ETH_P_IPV6},
+    ip::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Peer},
     ipv4, ipv6, l4,
     maps::{SF_CONFIG, SF_PORTS},
     sip::{self, Stage},
     source,
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-
+/// The class of `port` for `transport` ([`port_class`]).
 #[inline(always)]
-fn port_class(transport: u32, port: u16) -> u8 {
+pub fn port_class(transport: u32, port: u16) -> u8 {
     match SF_PORTS.get(transport * 256 + (port >> 8) as u32) {
         Some(block) => block.class[(port & 0xff) as usize],
         None => port_class::NONE,
@@ -38,8 +36,8 @@ pub fn decide(ctx: &XdpContext) -> Stage {
 fn decide_inner(ctx: &XdpContext) -> Result<Stage, Reason> {
     let frame = eth::parse(ctx).ok_or(Reason::Unparsed)?;
     let net = match frame.ether_type {
-        ETH_P_IP => ipv4::parse(ctx, frame.l3_offset),
-        ETH_P_IPV6 => ipv6::parse(ctx, frame.l3_offset),
+        ETH_P_IP => ipv4::parse(ctx, frame.l3_offset, Peer::Source),
+        ETH_P_IPV6 => ipv6::parse(ctx, frame.l3_offset, Peer::Source),
         _ => None,
     };
     let net = net.ok_or(Reason::Unparsed)?;

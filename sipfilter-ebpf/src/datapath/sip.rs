@@ -11,7 +11,7 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use sipfilter_common::{
     Config, Dfa, EventKind, Method, Reason, RuleKind, TOLL_PREFIX_MAX, TRANSPORT_TCP, config_flags,
 };
-use sipfilter_ebpf::sip::{self as parser, SCAN_BYTES, ScanBuf, header};
+use sipfilter_ebpf::sip::{self as parser, RequestHeaders, SCAN_BYTES, ScanBuf, wanted};
 
 use super::{
     events::{Occurrence, emit},
@@ -36,7 +36,7 @@ pub struct Handoff {
     pub len: u64,
     /// Where the first header line starts.
     pub headers: u64,
-    /// `sipfilter_ebpf::sip::header` bits to look for.
+    /// `sipfilter_ebpf::sip::wanted` bits of the `RequestHeaders` to look for.
     pub wanted: u64,
     pub method: u64,
 }
@@ -94,7 +94,10 @@ pub fn inspect(ctx: &XdpContext) -> Stage {
     let Some((buf, handoff, config)) = slots() else {
         return Stage::Done(Reason::SipOk);
     };
-    if config.flags & config_flags::UNTRUSTED_SIP_DROP != 0 {
+    // Allowlist-only SIP ports drop untrusted sources at once, unless responsive mode lets them
+    // REGISTER (to earn learned trust): then the start line decides.
+    let allowlist_only = config.flags & config_flags::UNTRUSTED_SIP_DROP != 0;
+    if allowlist_only && config.flags & config_flags::RESPONSIVE == 0 {
         return Stage::Done(Reason::UntrustedSip);
     }
     let is_tcp = handoff.transport == u64::from(TRANSPORT_TCP);
@@ -121,10 +124,14 @@ pub fn inspect(ctx: &XdpContext) -> Stage {
         return Stage::Done(Reason::Malformed);
     }
     parser::seal(buf, len);
-    if parser::is_keepalive(buf, len) || parser::is_stun(buf, len) {
+    if !allowlist_only && (parser::is_keepalive(buf, len) || parser::is_stun(buf, len)) {
         return Stage::Done(Reason::Keepalive);
     }
-    let Some(start) = parser::parse_start_line(buf, len) else {
+    let start = parser::parse_start_line(buf, len);
+    if allowlist_only && !start.is_some_and(|start| start.method == Method::Register) {
+        return Stage::Done(Reason::UntrustedSip);
+    }
+    let Some(start) = start else {
         return not_a_message;
     };
     count_method(start.method);
@@ -178,19 +185,19 @@ pub fn inspect(ctx: &XdpContext) -> Stage {
         }
     }
 
-    let mut wanted = 0;
+    let mut headers = 0;
     if config.flags & config_flags::SCAN_USER_AGENT != 0 {
-        wanted |= header::USER_AGENT;
+        headers |= wanted(RequestHeaders::USER_AGENT);
     }
     if config.flags & config_flags::SCAN_FROM != 0 {
-        wanted |= header::FROM;
+        headers |= wanted(RequestHeaders::FROM);
     }
-    if wanted == 0 {
+    if headers == 0 {
         return Stage::Done(Reason::SipOk);
     }
     handoff.len = len as u64;
     handoff.headers = start.headers as u64;
-    handoff.wanted = wanted;
+    handoff.wanted = headers;
     handoff.method = start.method as u64;
     Stage::Next
 }
@@ -206,7 +213,7 @@ pub fn scan_headers() -> Reason {
     if len == 0 || len > SCAN_BYTES {
         return Reason::SipOk;
     }
-    let headers = parser::find_headers(
+    let headers = parser::find_headers::<RequestHeaders>(
         buf,
         handoff.headers as usize & (SCAN_BYTES - 1),
         len,
@@ -220,11 +227,15 @@ pub fn scan_headers() -> Reason {
     let method = Method::from_u8(handoff.method as u8).unwrap_or(Method::Other);
     let checks = [
         (
-            headers.user_agent,
+            headers.value(RequestHeaders::USER_AGENT),
             Dfa::USER_AGENT,
             Reason::ScannerUserAgent,
         ),
-        (headers.from, Dfa::FROM, Reason::ScannerFrom),
+        (
+            headers.value(RequestHeaders::FROM),
+            Dfa::FROM,
+            Reason::ScannerFrom,
+        ),
     ];
     for (value, list, reason) in checks {
         if !value.is_present() {

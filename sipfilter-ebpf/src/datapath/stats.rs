@@ -1,6 +1,6 @@
 //! Per-CPU counters: no atomics on the hot path; userspace sums the CPUs.
 
-use sipfilter_common::{Method, Reason, stats};
+use sipfilter_common::{Method, Reason, ResponseClass, stats};
 
 use super::maps::SF_STATS;
 
@@ -36,4 +36,10 @@ pub fn count_event(sent: bool) {
     } else {
         stats::EVENTS_LOST
     });
+}
+
+/// A response the egress watcher saw.
+#[inline(always)]
+pub fn count_response(class: ResponseClass) {
+    bump(stats::RESPONSE_BASE + class as u32);
 }

@@ -1,6 +1,6 @@
 use super::*;
 
-fn buffer(message: &[u8]) -> (ScanBuf, usize) {
+pub(super) fn buffer(message: &[u8]) -> (ScanBuf, usize) {
     let mut buf = ScanBuf {
         words: [0x5a5a_5a5a_5a5a_5a5a; SCAN_WORDS],
         found: Headers::default(),
@@ -37,15 +37,18 @@ fn parses_request_line_and_headers() {
     assert_eq!(start.method, Method::Register);
     assert_eq!(start.uri, 9);
     assert_eq!(&REGISTER[start.headers..start.headers + 4], b"Via:");
-    let headers = find_headers(
+    let headers = find_headers::<RequestHeaders>(
         &mut buf,
         start.headers,
         len,
-        header::USER_AGENT | header::FROM,
+        wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
     );
-    assert_eq!(value(REGISTER, headers.user_agent), b" friendly-scanner\r");
     assert_eq!(
-        value(REGISTER, headers.from),
+        value(REGISTER, headers.value(RequestHeaders::USER_AGENT)),
+        b" friendly-scanner\r"
+    );
+    assert_eq!(
+        value(REGISTER, headers.value(RequestHeaders::FROM)),
         b" \"Alice\" <sip:1001@pbx.example.com>;tag=1928301774\r"
     );
 }
@@ -131,8 +134,16 @@ fn bare_lf_line_ends_are_tolerated() {
     let message = b"OPTIONS sip:100@192.0.2.1 SIP/2.0\nuser-agent:sipvicious\n\n";
     let (mut buf, len) = buffer(message);
     let start = parse_start_line(&mut buf, len).unwrap();
-    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
-    assert_eq!(value(message, headers.user_agent), b"sipvicious");
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        start.headers,
+        len,
+        wanted(RequestHeaders::USER_AGENT),
+    );
+    assert_eq!(
+        value(message, headers.value(RequestHeaders::USER_AGENT)),
+        b"sipvicious"
+    );
 }
 
 #[test]
@@ -141,14 +152,20 @@ fn header_names_fold_case_allow_blanks_and_compact_forms() {
         b"INVITE sip:1@x SIP/2.0\r\nuSeR-aGeNt \t : sipcli/v1.8\r\nf: <sip:100@1.1.1.1>\r\n\r\n";
     let (mut buf, len) = buffer(message);
     let start = parse_start_line(&mut buf, len).unwrap();
-    let headers = find_headers(
+    let headers = find_headers::<RequestHeaders>(
         &mut buf,
         start.headers,
         len,
-        header::USER_AGENT | header::FROM,
+        wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
     );
-    assert_eq!(value(message, headers.user_agent), b" sipcli/v1.8\r");
-    assert_eq!(value(message, headers.from), b" <sip:100@1.1.1.1>\r");
+    assert_eq!(
+        value(message, headers.value(RequestHeaders::USER_AGENT)),
+        b" sipcli/v1.8\r"
+    );
+    assert_eq!(
+        value(message, headers.value(RequestHeaders::FROM)),
+        b" <sip:100@1.1.1.1>\r"
+    );
 }
 
 #[test]
@@ -157,8 +174,13 @@ fn headers_after_the_blank_line_are_body_not_headers() {
         b"MESSAGE sip:1@x SIP/2.0\r\nContent-Length: 24\r\n\r\nUser-Agent: sipvicious\r\n";
     let (mut buf, len) = buffer(message);
     let start = parse_start_line(&mut buf, len).unwrap();
-    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
-    assert!(!headers.user_agent.is_present());
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        start.headers,
+        len,
+        wanted(RequestHeaders::USER_AGENT),
+    );
+    assert!(!headers.value(RequestHeaders::USER_AGENT).is_present());
 }
 
 #[test]
@@ -166,14 +188,17 @@ fn similar_names_are_not_matched() {
     let message = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Agents: a\r\nUser-Agen: b\r\nFromage: c\r\nFrom-X: d\r\n\r\n";
     let (mut buf, len) = buffer(message);
     let start = parse_start_line(&mut buf, len).unwrap();
-    let headers = find_headers(
+    let headers = find_headers::<RequestHeaders>(
         &mut buf,
         start.headers,
         len,
-        header::USER_AGENT | header::FROM,
+        wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
     );
     assert_eq!(
-        (headers.user_agent, headers.from),
+        (
+            headers.value(RequestHeaders::USER_AGENT),
+            headers.value(RequestHeaders::FROM)
+        ),
         (Span::default(), Span::default())
     );
 }
@@ -183,8 +208,16 @@ fn truncated_header_value_ends_at_the_message_end() {
     let message = b"OPTIONS sip:1@x SIP/2.0\r\nUser-Agent: sipvici";
     let (mut buf, len) = buffer(message);
     let start = parse_start_line(&mut buf, len).unwrap();
-    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
-    assert_eq!(value(message, headers.user_agent), b" sipvici");
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        start.headers,
+        len,
+        wanted(RequestHeaders::USER_AGENT),
+    );
+    assert_eq!(
+        value(message, headers.value(RequestHeaders::USER_AGENT)),
+        b" sipvici"
+    );
 }
 
 #[test]
@@ -198,9 +231,14 @@ fn the_scan_reaches_a_header_at_the_end_of_a_full_window() {
     message.extend_from_slice(b"User-Agent: pplsip\r\n");
     let (mut buf, len) = buffer(&message);
     let start = parse_start_line(&mut buf, len).unwrap();
-    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        start.headers,
+        len,
+        wanted(RequestHeaders::USER_AGENT),
+    );
     assert!(headers.is_complete());
-    assert!(value(&message, headers.user_agent).starts_with(b" pplsip"));
+    assert!(value(&message, headers.value(RequestHeaders::USER_AGENT)).starts_with(b" pplsip"));
 }
 
 #[test]
@@ -213,7 +251,12 @@ fn too_many_header_lines_leave_the_scan_incomplete() {
     message.extend_from_slice(b"User-Agent: pplsip\r\n\r\n");
     let (mut buf, len) = buffer(&message);
     let start = parse_start_line(&mut buf, len).unwrap();
-    let headers = find_headers(&mut buf, start.headers, len, header::USER_AGENT);
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        start.headers,
+        len,
+        wanted(RequestHeaders::USER_AGENT),
+    );
     assert!(!headers.is_complete());
     let mut few = b"REGISTER sip:x SIP/2.0\r\n".to_vec();
     // The User-Agent is the 128th.
@@ -223,9 +266,10 @@ fn too_many_header_lines_leave_the_scan_incomplete() {
     few.extend_from_slice(b"User-Agent: pplsip\r\n\r\n");
     let (mut buf, len) = buffer(&few);
     let first = parse_start_line(&mut buf, len).unwrap().headers;
-    let headers = find_headers(&mut buf, first, len, header::USER_AGENT);
+    let headers =
+        find_headers::<RequestHeaders>(&mut buf, first, len, wanted(RequestHeaders::USER_AGENT));
     assert!(headers.is_complete());
-    assert!(headers.user_agent.is_present());
+    assert!(headers.value(RequestHeaders::USER_AGENT).is_present());
 }
 
 #[test]
@@ -239,8 +283,13 @@ fn stale_bytes_beyond_the_message_are_never_seen() {
     bytes[..short.len()].copy_from_slice(short);
     seal(&mut buf, short.len());
     let start = parse_start_line(&mut buf, short.len()).unwrap();
-    let headers = find_headers(&mut buf, start.headers, short.len(), header::USER_AGENT);
-    assert!(!headers.user_agent.is_present());
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        start.headers,
+        short.len(),
+        wanted(RequestHeaders::USER_AGENT),
+    );
+    assert!(!headers.value(RequestHeaders::USER_AGENT).is_present());
 }
 
 #[test]
@@ -347,13 +396,16 @@ fn arbitrary_bytes_never_escape_the_message() {
         let (mut buf, len) = buffer(&message);
         if let Some(start) = parse_start_line(&mut buf, len) {
             assert!(start.headers <= len);
-            let headers = find_headers(
+            let headers = find_headers::<RequestHeaders>(
                 &mut buf,
                 start.headers,
                 len,
-                header::USER_AGENT | header::FROM,
+                wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
             );
-            for span in [headers.user_agent, headers.from] {
+            for span in [
+                headers.value(RequestHeaders::USER_AGENT),
+                headers.value(RequestHeaders::FROM),
+            ] {
                 if span.is_present() {
                     assert!(
                         span.start as usize >= start.headers
@@ -376,7 +428,10 @@ fn the_line_count_starts_afresh_for_each_message() {
     long.extend_from_slice(b"\r\n");
     let (mut buf, len) = buffer(&long);
     let first = parse_start_line(&mut buf, len).unwrap().headers;
-    assert!(find_headers(&mut buf, first, len, header::USER_AGENT).is_complete());
+    assert!(
+        find_headers::<RequestHeaders>(&mut buf, first, len, wanted(RequestHeaders::USER_AGENT))
+            .is_complete()
+    );
     // The same per-CPU buffer serves the next packet: its count must not carry over.
     let short = b"REGISTER sip:x SIP/2.0\r\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nx:\nUser-Agent: sipcli\r\n\r\n";
     let bytes: &mut [u8] = unsafe {
@@ -385,7 +440,12 @@ fn the_line_count_starts_afresh_for_each_message() {
     bytes[..short.len()].copy_from_slice(short);
     seal(&mut buf, short.len());
     let first = parse_start_line(&mut buf, short.len()).unwrap().headers;
-    let headers = find_headers(&mut buf, first, short.len(), header::USER_AGENT);
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        first,
+        short.len(),
+        wanted(RequestHeaders::USER_AGENT),
+    );
     assert!(headers.is_complete());
-    assert!(headers.user_agent.is_present());
+    assert!(headers.value(RequestHeaders::USER_AGENT).is_present());
 }
