@@ -2,10 +2,16 @@
 //!
 //! Each offence adds its kind's weight (`[bans] weights`) to the source's sliding window of
 //! `find_time`; when the weighted sum reaches `max_failures` the source is banned and its window
-//! is cleared. A source banned again while its previous ban ended less than
-//! [`ESCALATION_WINDOW`] ago gets double that ban's duration, up to `max_ban_time`. Offences of a
-//! banned source are ignored: its packets are dropped anyway, and evidence still in flight when
-//! the ban starts must not extend it.
+//! is cleared. Two more counts live in the same window, from the PBX's answers that the egress
+//! watcher reports: challenges (401/407), which ban when more than `max_challenges` of them are
+//! not followed by a success, and the distinct user names the PBX rejected (403/404/484), which
+//! ban an extension enumerator when there are more than `max_users`, however slowly it works. A
+//! success (a granted registration or an authenticated call) clears the source's window.
+//!
+//! A source banned again while its previous ban ended less than [`ESCALATION_WINDOW`] ago gets
+//! double that ban's duration, up to `max_ban_time`. Offences of a banned source are ignored: its
+//! packets are dropped anyway, and evidence still in flight when the ban starts must not extend
+//! it.
 //!
 //! A source is the datapath's source key as a network (an IPv4 /32, or an IPv6 address masked to
 //! the policy's `ipv6_prefix`); the caller masks, the engine only uses it as a key. Times are
@@ -13,13 +19,14 @@
 //! reboot; a clock stepped back only makes offences count, and bans last, a little longer.
 //!
 //! Memory is bounded whatever the traffic, since sources can be spoofed: at most
-//! [`MAX_WINDOWS`] offence windows holding at most [`MAX_OFFENCES`] offences in all (beyond
-//! either, the windows whose latest offence is oldest are dropped, evidence and all), offences
-//! ban only while fewer than [`MAX_BANS`] bans are active (as many as the datapath's ban map
-//! holds; meanwhile they keep counting, and ban once room is made), and at most [`MAX_HISTORY`]
-//! past bans are remembered for escalation (the longest-ended are forgotten first). That is a
-//! few tens of MB at worst. Everything is ordered by time, so expiry, pruning and eviction cost
-//! O(log n) each.
+//! [`MAX_WINDOWS`] windows holding at most [`MAX_OFFENCES`] offences, challenges and user names
+//! in all (beyond either, the windows whose latest offence is oldest are dropped, evidence and
+//! all; a window keeps at most one challenge more than `max_challenges` and one name more than
+//! `max_users`), offences ban only while fewer than [`MAX_BANS`] bans are active (as many as the
+//! datapath's ban map holds; meanwhile they keep counting, and ban once room is made), and at
+//! most [`MAX_HISTORY`] past bans are remembered for escalation (the longest-ended are forgotten
+//! first). That is a few tens of MB at worst. Everything is ordered by time, so expiry, pruning
+//! and eviction cost O(log n) each.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -59,8 +66,8 @@ pub enum Offence {
     Scanner,
     /// An INVITE to a denied toll-fraud prefix.
     TollFraud,
-    /// A failed authentication reported by the PBX.
-    AuthFailure,
+    /// A request the PBX refused (403, 404, 484).
+    Rejection,
 }
 
 impl Offence {
@@ -68,7 +75,7 @@ impl Offence {
         Offence::RateLimited,
         Offence::Scanner,
         Offence::TollFraud,
-        Offence::AuthFailure,
+        Offence::Rejection,
     ];
 
     /// The name used in the policy's `weights`, the state file and metric labels.
@@ -77,7 +84,7 @@ impl Offence {
             Offence::RateLimited => "rate_limited",
             Offence::Scanner => "scanner",
             Offence::TollFraud => "toll_fraud",
-            Offence::AuthFailure => "auth_failure",
+            Offence::Rejection => "rejection",
         }
     }
 
@@ -87,26 +94,32 @@ impl Offence {
             Offence::RateLimited => weights.rate_limited,
             Offence::Scanner => weights.scanner,
             Offence::TollFraud => weights.toll_fraud,
-            Offence::AuthFailure => weights.auth_failure,
+            Offence::Rejection => weights.rejection,
         }
     }
 }
 
-/// Why a ban was issued. Written as its [`name`](BanReason::name): `"manual"` or the offence's.
+/// Why a ban was issued. Written as its [`name`](BanReason::name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BanReason {
     /// Offences reached `max_failures`; this is the kind of the one that completed the count.
     Offence(Offence),
+    /// More than `max_challenges` challenges without a success.
+    Challenges,
+    /// Rejections for more than `max_users` distinct user names.
+    Enumeration,
     /// An operator's ban.
     Manual,
 }
 
 impl BanReason {
-    pub const ALL: [BanReason; 5] = [
+    pub const ALL: [BanReason; 7] = [
         BanReason::Offence(Offence::RateLimited),
         BanReason::Offence(Offence::Scanner),
         BanReason::Offence(Offence::TollFraud),
-        BanReason::Offence(Offence::AuthFailure),
+        BanReason::Offence(Offence::Rejection),
+        BanReason::Challenges,
+        BanReason::Enumeration,
         BanReason::Manual,
     ];
 
@@ -114,6 +127,8 @@ impl BanReason {
     pub const fn name(self) -> &'static str {
         match self {
             BanReason::Offence(offence) => offence.name(),
+            BanReason::Challenges => "challenges",
+            BanReason::Enumeration => "enumeration",
             BanReason::Manual => "manual",
         }
     }
@@ -137,7 +152,9 @@ impl<'de> Deserialize<'de> for BanReason {
             "rate_limited",
             "scanner",
             "toll_fraud",
-            "auth_failure",
+            "rejection",
+            "challenges",
+            "enumeration",
             "manual",
         ];
         let name = String::deserialize(deserializer)?;
@@ -160,8 +177,8 @@ pub struct Ban {
     #[serde(with = "format::duration")]
     pub duration: Duration,
     pub reason: BanReason,
-    /// Offences in the window that led to the ban, each counted once whatever its weight; 0 for
-    /// a manual ban.
+    /// Offences (or challenges, or rejected user names) in the window that led to the ban, each
+    /// counted once whatever its weight; 0 for a manual ban.
     pub offences: u32,
 }
 
@@ -238,25 +255,89 @@ impl BanEngine {
     /// weight 0, or with bans disabled are ignored.
     pub fn record(&mut self, source: IpNet, offence: Offence, now: SystemTime) -> Option<Ban> {
         let weight = offence.weight(&self.policy);
-        if !self.policy.enabled || weight == 0 || self.is_banned(&source, now) {
+        if weight == 0 {
+            return None;
+        }
+        self.observe(source, now, |window, policy| {
+            window.offend(now, weight, offence, policy)
+        })
+    }
+
+    /// Records that the PBX refused a request of `source` for `user` (the To user; `None` if
+    /// the response named none): an offence of kind [`Offence::Rejection`], and one more name
+    /// towards `max_users`. Bans like [`record`](BanEngine::record), with reason
+    /// [`BanReason::Enumeration`] when the names are what crossed the line.
+    pub fn record_rejection(
+        &mut self,
+        source: IpNet,
+        user: Option<&str>,
+        now: SystemTime,
+    ) -> Option<Ban> {
+        let weight = Offence::Rejection.weight(&self.policy);
+        self.observe(source, now, |window, policy| {
+            if let Some(user) = user {
+                window.name(user, now, policy.max_users as usize + 1);
+                if window.users.len() > policy.max_users as usize {
+                    return Some((BanReason::Enumeration, window.users.len()));
+                }
+            }
+            if weight == 0 {
+                return None;
+            }
+            window.offend(now, weight, Offence::Rejection, policy)
+        })
+    }
+
+    /// Records that the PBX challenged a request of `source`. Bans with reason
+    /// [`BanReason::Challenges`] when more than `max_challenges` are in the window (a success
+    /// clears them: [`record_success`](BanEngine::record_success)).
+    pub fn record_challenge(&mut self, source: IpNet, now: SystemTime) -> Option<Ban> {
+        self.observe(source, now, |window, policy| {
+            let limit = policy.max_challenges as usize;
+            window.challenges.push_back(now);
+            if window.challenges.len() > limit + 1 {
+                window.challenges.pop_front();
+            }
+            (window.challenges.len() > limit)
+                .then_some((BanReason::Challenges, window.challenges.len()))
+        })
+    }
+
+    /// The PBX granted `source` a registration or an authenticated call: its window (offences,
+    /// challenges, rejected names) is cleared. Returns whether there was one.
+    pub fn record_success(&mut self, source: &IpNet) -> bool {
+        self.take_window(source).is_some()
+    }
+
+    /// Adds what `add` records to the window of `source` at `now`, and issues the ban `add`
+    /// asks for (its reason, and the evidence it counted).
+    fn observe(
+        &mut self,
+        source: IpNet,
+        now: SystemTime,
+        add: impl FnOnce(&mut Window, &Bans) -> Option<(BanReason, usize)>,
+    ) -> Option<Ban> {
+        if !self.policy.enabled || self.is_banned(&source, now) {
             return None;
         }
         let mut window = self.take_window(&source).unwrap_or_default();
         window.slide(now.checked_sub(self.policy.find_time));
-        window.push(now, weight);
+        let verdict = add(&mut window, &self.policy);
         let room = self.bans.len() < MAX_BANS || self.bans.get(&source).is_some();
-        if window.total >= u64::from(self.policy.max_failures) && room {
+        if let Some((reason, evidence)) = verdict
+            && room
+        {
             let duration = self.next_duration(&source, now);
-            let offences = u32::try_from(window.offences.len()).unwrap_or(u32::MAX);
-            return Some(self.issue(source, duration, BanReason::Offence(offence), offences, now));
+            let evidence = u32::try_from(evidence).unwrap_or(u32::MAX);
+            return Some(self.issue(source, duration, reason, evidence, now));
         }
-        self.offences += window.offences.len();
+        self.offences += window.size();
         self.windows.insert(source, now, window);
         while self.windows.len() > MAX_WINDOWS || self.offences > MAX_OFFENCES {
             let Some((_, evicted)) = self.windows.pop_oldest(|_| true) else {
                 break;
             };
-            self.offences -= evicted.offences.len();
+            self.offences -= evicted.size();
         }
         None
     }
@@ -316,7 +397,7 @@ impl BanEngine {
             .windows
             .pop_oldest(|latest| latest.checked_add(find_time).is_some_and(|end| end <= now))
         {
-            self.offences -= window.offences.len();
+            self.offences -= window.size();
         }
         while self
             .history
@@ -364,7 +445,7 @@ impl BanEngine {
 
     fn take_window(&mut self, source: &IpNet) -> Option<Window> {
         let window = self.windows.remove(source)?;
-        self.offences -= window.offences.len();
+        self.offences -= window.size();
         Some(window)
     }
 
@@ -426,16 +507,26 @@ impl BanEngine {
     }
 }
 
-/// One source's offences within `find_time`, oldest first, with their weights.
+/// One source's evidence within `find_time`, oldest first.
 #[derive(Debug, Clone, Default)]
 struct Window {
+    /// Offences with their weights.
     offences: VecDeque<(SystemTime, u32)>,
     /// Sum of the weights in `offences`.
     total: u64,
+    /// Challenges not (yet) followed by a success.
+    challenges: VecDeque<SystemTime>,
+    /// Distinct user names rejected, each with when it was last rejected.
+    users: VecDeque<(String, SystemTime)>,
 }
 
 impl Window {
-    /// Drops the offences at or before `cutoff` (`None`: the window reaches before the epoch).
+    /// Entries held, for the engine's memory bound.
+    fn size(&self) -> usize {
+        self.offences.len() + self.challenges.len() + self.users.len()
+    }
+
+    /// Drops the evidence at or before `cutoff` (`None`: the window reaches before the epoch).
     fn slide(&mut self, cutoff: Option<SystemTime>) {
         let Some(cutoff) = cutoff else {
             return;
@@ -446,11 +537,33 @@ impl Window {
             self.offences.pop_front();
             self.total -= u64::from(weight);
         }
+        while self.challenges.front().is_some_and(|&when| when <= cutoff) {
+            self.challenges.pop_front();
+        }
+        self.users.retain(|&(_, when)| when > cutoff);
     }
 
-    fn push(&mut self, when: SystemTime, weight: u32) {
+    /// Adds an offence; the ban it completes, if any.
+    fn offend(
+        &mut self,
+        when: SystemTime,
+        weight: u32,
+        offence: Offence,
+        policy: &Bans,
+    ) -> Option<(BanReason, usize)> {
         self.offences.push_back((when, weight));
         self.total += u64::from(weight);
+        (self.total >= u64::from(policy.max_failures))
+            .then_some((BanReason::Offence(offence), self.offences.len()))
+    }
+
+    /// Notes a rejected user name, keeping at most `keep` names (the most recently rejected).
+    fn name(&mut self, user: &str, when: SystemTime, keep: usize) {
+        self.users.retain(|(name, _)| name != user);
+        self.users.push_back((user.to_owned(), when));
+        while self.users.len() > keep {
+            self.users.pop_front();
+        }
     }
 }
 

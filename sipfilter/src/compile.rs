@@ -108,6 +108,9 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PatternError> {
     if !policy.toll_fraud.deny_prefixes.is_empty() {
         flags |= config_flags::TOLL_FRAUD;
     }
+    if policy.responsive.enabled {
+        flags |= config_flags::RESPONSIVE;
+    }
     let modes = [
         (RuleKind::Deny, policy.sources.deny_mode),
         (RuleKind::Restricted, policy.restricted.mode),

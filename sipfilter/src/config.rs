@@ -36,6 +36,7 @@ pub struct Policy {
     pub toll_fraud: TollFraud,
     pub restricted: Restricted,
     pub bans: Bans,
+    pub responsive: Responsive,
     pub daemon: Daemon,
 }
 
@@ -188,6 +189,11 @@ pub struct Bans {
     pub enabled: bool,
     /// Weighted offences within `find_time` that ban a source.
     pub max_failures: u32,
+    /// Challenges (401/407) within `find_time` not followed by a success: more ban the source.
+    pub max_challenges: u32,
+    /// Distinct user names rejected (403/404/484) within `find_time`: more ban the source as
+    /// an extension enumerator.
+    pub max_users: u32,
     /// The sliding window offences are counted in.
     pub find_time: Duration,
     /// Length of a source's first ban.
@@ -202,6 +208,8 @@ impl Default for Bans {
         Bans {
             enabled: true,
             max_failures: 5,
+            max_challenges: 10,
+            max_users: 3,
             find_time: Duration::from_secs(10 * 60),
             ban_time: Duration::from_secs(HOUR),
             max_ban_time: Duration::from_secs(7 * DAY),
@@ -216,19 +224,36 @@ pub struct OffenceWeights {
     pub rate_limited: u32,
     pub scanner: u32,
     pub toll_fraud: u32,
-    pub auth_failure: u32,
+    pub rejection: u32,
 }
 
 impl Default for OffenceWeights {
     fn default() -> Self {
         // A scanner fingerprint or a toll-fraud dial is deliberate on its own, so with the
-        // default max_failures one is enough; a rate-limit hit or a failed login can be a
+        // default max_failures one is enough; a rate-limit hit or a refused request can be a
         // misconfigured phone, so it takes a few.
         OffenceWeights {
             rate_limited: 1,
             scanner: 5,
             toll_fraud: 5,
-            auth_failure: 1,
+            rejection: 1,
+        }
+    }
+}
+
+/// Learned trust (FreePBX's "responsive firewall"): a source the PBX grants a registration is
+/// trusted for the registration's lifetime plus `grace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Responsive {
+    pub enabled: bool,
+    pub grace: Duration,
+}
+
+impl Default for Responsive {
+    fn default() -> Self {
+        Responsive {
+            enabled: false,
+            grace: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -346,6 +371,7 @@ struct RawPolicy {
     toll_fraud: RawTollFraud,
     restricted: RawRestricted,
     bans: RawBans,
+    responsive: RawResponsive,
     daemon: RawDaemon,
 }
 
@@ -445,6 +471,8 @@ struct RawRestricted {
 struct RawBans {
     enabled: Option<bool>,
     max_failures: Option<Spanned<i64>>,
+    max_challenges: Option<Spanned<i64>>,
+    max_users: Option<Spanned<i64>>,
     find_time: Option<Spanned<String>>,
     ban_time: Option<Spanned<String>>,
     max_ban_time: Option<Spanned<String>>,
@@ -458,7 +486,14 @@ struct RawWeights {
     rate_limited: Option<Spanned<i64>>,
     scanner: Option<Spanned<i64>>,
     toll_fraud: Option<Spanned<i64>>,
-    auth_failure: Option<Spanned<i64>>,
+    rejection: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawResponsive {
+    enabled: Option<bool>,
+    grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -486,6 +521,8 @@ const MAX_SOURCES: std::ops::RangeInclusive<i64> = 1024..=16_000_000;
 const IPV6_PREFIX: std::ops::RangeInclusive<i64> = 32..=128;
 const MAX_FAILURES: std::ops::RangeInclusive<i64> = 1..=1000;
 const WEIGHT: std::ops::RangeInclusive<i64> = 0..=1000;
+/// Distinct rejected users a source may collect: the engine keeps that many names per source.
+const MAX_USERS: std::ops::RangeInclusive<i64> = 1..=100;
 
 /// Bounds of a duration key, with the way the message writes them.
 struct DurationRange {
@@ -494,6 +531,11 @@ struct DurationRange {
     text: &'static str,
 }
 
+const GRACE: DurationRange = DurationRange {
+    min: Duration::from_secs(0),
+    max: Duration::from_secs(DAY),
+    text: "0s to 1d",
+};
 const FIND_TIME: DurationRange = DurationRange {
     min: Duration::from_secs(1),
     max: Duration::from_secs(7 * DAY),
@@ -569,6 +611,15 @@ impl Checker<'_> {
         };
 
         let bans = self.bans(raw.bans, builtin.bans)?;
+        let responsive = Responsive {
+            enabled: raw.responsive.enabled.unwrap_or(builtin.responsive.enabled),
+            grace: self.duration(
+                "responsive.grace",
+                raw.responsive.grace.as_ref(),
+                builtin.responsive.grace,
+                GRACE,
+            )?,
+        };
         let daemon = self.daemon(raw.daemon, builtin.daemon)?;
 
         let values = |list: PortList| list.ports.into_iter().map(|(port, _)| port).collect();
@@ -588,6 +639,7 @@ impl Checker<'_> {
                 mode: raw.restricted.mode.unwrap_or_default(),
             },
             bans,
+            responsive,
             daemon,
         })
     }
@@ -746,6 +798,14 @@ impl Checker<'_> {
             None => builtin.max_failures,
             Some(value) => self.in_range("bans.max_failures", &value, MAX_FAILURES)? as u32,
         };
+        let max_challenges = match raw.max_challenges {
+            None => builtin.max_challenges,
+            Some(value) => self.in_range("bans.max_challenges", &value, MAX_FAILURES)? as u32,
+        };
+        let max_users = match raw.max_users {
+            None => builtin.max_users,
+            Some(value) => self.in_range("bans.max_users", &value, MAX_USERS)? as u32,
+        };
         let find_time = self.duration(
             "bans.find_time",
             raw.find_time.as_ref(),
@@ -798,6 +858,8 @@ impl Checker<'_> {
         Ok(Bans {
             enabled: raw.enabled.unwrap_or(builtin.enabled),
             max_failures,
+            max_challenges,
+            max_users,
             find_time,
             ban_time,
             max_ban_time,
@@ -809,11 +871,7 @@ impl Checker<'_> {
                 )?,
                 scanner: weight("scanner", weights.scanner, builtin.weights.scanner)?,
                 toll_fraud: weight("toll_fraud", weights.toll_fraud, builtin.weights.toll_fraud)?,
-                auth_failure: weight(
-                    "auth_failure",
-                    weights.auth_failure,
-                    builtin.weights.auth_failure,
-                )?,
+                rejection: weight("rejection", weights.rejection, builtin.weights.rejection)?,
             },
         })
     }
@@ -1320,6 +1378,7 @@ udp = [4569]
                 mode: Mode::Enforce,
             },
             bans: Bans::default(),
+            responsive: Responsive::default(),
             daemon: Daemon::default(),
         };
         assert_eq!(policy, expected);
@@ -1688,6 +1747,8 @@ mode = "monitor"
             Bans {
                 enabled: true,
                 max_failures: 5,
+                max_challenges: 10,
+                max_users: 3,
                 find_time: Duration::from_secs(10 * MINUTE),
                 ban_time: Duration::from_secs(HOUR),
                 max_ban_time: Duration::from_secs(7 * DAY),
@@ -1695,7 +1756,7 @@ mode = "monitor"
                     rate_limited: 1,
                     scanner: 5,
                     toll_fraud: 5,
-                    auth_failure: 1,
+                    rejection: 1,
                 },
             }
         );
@@ -1706,7 +1767,32 @@ mode = "monitor"
                 dns_refresh: Duration::from_secs(5 * MINUTE),
             }
         );
-        assert_eq!(parse("[bans]\n[daemon]\n").unwrap(), builtin);
+        assert_eq!(
+            builtin.responsive,
+            Responsive {
+                enabled: false,
+                grace: Duration::from_secs(5 * MINUTE),
+            }
+        );
+        assert_eq!(parse("[bans]\n[responsive]\n[daemon]\n").unwrap(), builtin);
+    }
+
+    #[test]
+    fn responsive_keys() {
+        let policy = parse("[responsive]\nenabled = true\ngrace = \"0s\"\n").unwrap();
+        assert_eq!(
+            policy.responsive,
+            Responsive {
+                enabled: true,
+                grace: Duration::ZERO,
+            }
+        );
+        let message = error("[responsive]\ngrace = \"2d\"\n", "responsive.grace", 2);
+        assert!(message.contains("0s to 1d"), "{message}");
+        let message = error("[responsive]\nenabled = \"yes\"\n", "responsive.enabled", 2);
+        assert!(message.contains("boolean"), "{message}");
+        let message = error("[responsive]\ntrust = true\n", "responsive.trust", 2);
+        assert!(message.contains("unknown"), "{message}");
     }
 
     #[test]
@@ -1716,10 +1802,12 @@ mode = "monitor"
 [bans]
 enabled = false
 max_failures = 1000
+max_challenges = 20
+max_users = 100
 find_time = "30s"
 ban_time = "1h 30m"
 max_ban_time = "1w"
-weights = { scanner = 0, auth_failure = 1000 }
+weights = { scanner = 0, rejection = 1000 }
 "#,
         )
         .unwrap();
@@ -1728,6 +1816,8 @@ weights = { scanner = 0, auth_failure = 1000 }
             Bans {
                 enabled: false,
                 max_failures: 1000,
+                max_challenges: 20,
+                max_users: 100,
                 find_time: Duration::from_secs(30),
                 ban_time: Duration::from_secs(90 * MINUTE),
                 max_ban_time: Duration::from_secs(7 * DAY),
@@ -1735,7 +1825,7 @@ weights = { scanner = 0, auth_failure = 1000 }
                     rate_limited: 1,
                     scanner: 0,
                     toll_fraud: 5,
-                    auth_failure: 1000,
+                    rejection: 1000,
                 },
             }
         );

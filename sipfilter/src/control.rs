@@ -34,6 +34,8 @@ pub enum ListFilter {
     Allow,
     Deny,
     Bans,
+    /// Sources trusted for a registration the PBX granted (responsive mode).
+    Learned,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

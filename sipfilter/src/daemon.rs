@@ -1,6 +1,11 @@
 //! The daemon behind `sipfilter attach`: keeps the datapath's maps in sync with the policy file,
-//! the CLI's entries, resolved host names and the ban engine, serves the control socket and the
-//! metrics endpoint, and persists what must survive a restart.
+//! the CLI's entries, resolved host names, the ban engine and learned trust, serves the control
+//! socket and the metrics endpoint, and persists what must survive a restart.
+//!
+//! Evidence comes from the datapath's events: requests it judged (rate, scanner, toll fraud) and
+//! the PBX's answers the egress watcher saw (challenge, rejection, success). A source that is
+//! allowlisted or learned-trusted is never banned on such evidence: UDP sources can be spoofed,
+//! and a spoofed flood must not get a trunk or a registered phone banned.
 //!
 //! Everything runs on one task: each control request, event, timer tick and signal is handled
 //! to completion before the next, so the maps are never written by two hands at once and a
@@ -19,7 +24,7 @@ use std::future::Future as _;
 use anyhow::Context as _;
 use ipnet::IpNet;
 use serde_json::json;
-use sipfilter_common::{EventKind, Method, Reason, stats};
+use sipfilter_common::{EventKind, Method, Reason, ResponseClass, stats};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -32,6 +37,7 @@ use crate::{
     control::{self, ListFilter, ListKind, Request, Response},
     datapath::{self, AttachMode, Attached, Datapath, monotonic_now_ns},
     events::{DatapathEvent, read_events},
+    learned::{LearnedTrust, Learning},
     metrics::{self, Snapshot},
     resolve::{self, ResolveError, Resolved, Resolver},
     state::{self, ListEntry, State, Target},
@@ -89,6 +95,7 @@ struct Daemon {
     entries: Vec<ListEntry>,
     hosts: BTreeMap<String, Host>,
     bans: BanEngine,
+    learned: LearnedTrust,
     attached: Vec<(String, String)>,
     started: SystemTime,
     reloads: u64,
@@ -149,20 +156,38 @@ async fn run_async(options: Options) -> anyhow::Result<()> {
         )
     })?;
     let now = SystemTime::now();
-    let (entries, bans) = match state::load(&options.state_path) {
+    let (entries, bans, learned) = match state::load(&options.state_path) {
         Ok(Some(saved)) => {
             log::info!(
-                "restored {} entries and {} bans from {}",
+                "restored {} entries, {} bans and {} learned sources from {}",
                 saved.entries.len(),
                 saved.bans.active_count(),
+                saved.learned.len(),
                 options.state_path.display()
             );
-            (saved.entries, BanEngine::restore(saved.bans, &policy.bans))
+            let learned = if policy.responsive.enabled {
+                LearnedTrust::restore(saved.learned, now)
+            } else {
+                LearnedTrust::default()
+            };
+            (
+                saved.entries,
+                BanEngine::restore(saved.bans, &policy.bans),
+                learned,
+            )
         }
-        Ok(None) => (Vec::new(), BanEngine::new(&policy.bans)),
+        Ok(None) => (
+            Vec::new(),
+            BanEngine::new(&policy.bans),
+            LearnedTrust::default(),
+        ),
         Err(error) => {
             log::error!("{error}; starting from the policy file alone");
-            (Vec::new(), BanEngine::new(&policy.bans))
+            (
+                Vec::new(),
+                BanEngine::new(&policy.bans),
+                LearnedTrust::default(),
+            )
         }
     };
     let compiled_max_sources = datapath.rate_capacity();
@@ -177,6 +202,7 @@ async fn run_async(options: Options) -> anyhow::Result<()> {
         entries,
         hosts: BTreeMap::new(),
         bans,
+        learned,
         attached: Vec::new(),
         rate_occupancy: (
             sipfilter_common::map_names::RATE.to_owned(),
@@ -385,22 +411,46 @@ impl Daemon {
                 );
             }
         }
+        for entry in self.learned.entries().filter(|entry| entry.until > now) {
+            SourceLists::add(
+                &mut lists.allow,
+                TrieKey::from_net(&IpNet::from(entry.address)),
+                monotonic(entry.until),
+            );
+        }
         lists
     }
 
-    fn is_trusted(&self, address: IpAddr) -> bool {
-        let lists = self.desired_lists();
-        lists.allow.keys().any(|key| match (*key, address) {
-            (TrieKey::V4 { prefix_len, addr }, IpAddr::V4(v4)) => {
-                IpNet::new(IpAddr::from(addr), prefix_len as u8)
-                    .is_ok_and(|net| net.contains(&IpAddr::V4(v4)))
-            }
-            (TrieKey::V6 { prefix_len, addr }, IpAddr::V6(v6)) => {
-                IpNet::new(IpAddr::from(addr), prefix_len as u8)
-                    .is_ok_and(|net| net.contains(&IpAddr::V6(v6)))
-            }
-            _ => false,
-        })
+    /// Whether `address` is in the allow set now: the policy's networks, unexpired CLI entries,
+    /// resolved host names, or learned trust.
+    fn is_trusted(&self, address: IpAddr, now: SystemTime) -> bool {
+        let host_has = |name: &String| {
+            self.hosts
+                .get(name)
+                .is_some_and(|host| host.addresses.contains(&address))
+        };
+        self.learned.is_trusted(address, now)
+            || self.is_allowlisted(address, now)
+            || self.policy.sources.allow_hosts.iter().any(host_has)
+            || self.entries.iter().any(|entry| {
+                entry.kind == ListKind::Allow
+                    && entry.expires.is_none_or(|when| when > now)
+                    && matches!(&entry.target, Target::Host(name) if host_has(name))
+            })
+    }
+
+    /// Whether a network of the policy or of the CLI allows `address` now.
+    fn is_allowlisted(&self, address: IpAddr, now: SystemTime) -> bool {
+        self.policy
+            .sources
+            .allow
+            .iter()
+            .any(|net| net.contains(&address))
+            || self.entries.iter().any(|entry| {
+                entry.kind == ListKind::Allow
+                    && entry.expires.is_none_or(|when| when > now)
+                    && matches!(&entry.target, Target::Net(net) if net.contains(&address))
+            })
     }
 
     /// Host names the daemon must keep resolved: the policy's and the CLI's.
@@ -511,25 +561,45 @@ impl Daemon {
 
     fn on_event(&mut self, event: DatapathEvent) {
         self.events_received += 1;
-        log::warn!("{event}");
+        // Every registration is challenged: answers are routine, requests the filter judged
+        // are not.
+        if event.is_response() {
+            log::debug!("{event}");
+        } else {
+            log::warn!("{event}");
+        }
         // Monitor mode reports; it must not enforce through the back door of a ban.
-        if event.monitored || self.is_trusted(event.source) {
+        if event.monitored {
             return;
         }
-        let offence = match event.kind {
-            EventKind::RateLimited => Offence::RateLimited,
-            EventKind::Scanner => Offence::Scanner,
-            EventKind::TollFraud => Offence::TollFraud,
-        };
+        let now = SystemTime::now();
+        if event.kind == EventKind::Success {
+            self.on_success(&event, now);
+            return;
+        }
+        if self.is_trusted(event.source, now) {
+            return;
+        }
         let source = self.source_net(event.source);
-        if let Some(ban) = self.bans.record(source, offence, SystemTime::now()) {
+        let user = (!event.detail.is_empty()).then_some(event.detail.as_str());
+        let ban = match event.kind {
+            EventKind::RateLimited => self.bans.record(source, Offence::RateLimited, now),
+            EventKind::Scanner => self.bans.record(source, Offence::Scanner, now),
+            EventKind::TollFraud => self.bans.record(source, Offence::TollFraud, now),
+            EventKind::Challenge => self.bans.record_challenge(source, now),
+            EventKind::Rejection => self.bans.record_rejection(source, user, now),
+            EventKind::Success => unreachable!("handled above"),
+        };
+        if let Some(ban) = ban {
             match self.install_ban(&ban) {
                 Ok(()) => log::warn!(
-                    "banned {} until {} ({} offences, last: {})",
+                    "banned {} until {} ({}: {} in {}, last: {})",
                     ban.source,
                     rfc3339(ban.until),
+                    ban.reason,
                     ban.offences,
-                    offence.name()
+                    humantime::format_duration(self.policy.bans.find_time),
+                    event.kind.name()
                 ),
                 Err(error) => log::error!("banning {}: {error}", ban.source),
             }
@@ -538,12 +608,58 @@ impl Daemon {
         }
     }
 
+    /// The PBX granted a registration (or an authenticated call): the source's evidence is
+    /// cleared, and with responsive mode a registration makes its address trusted.
+    fn on_success(&mut self, event: &DatapathEvent, now: SystemTime) {
+        let source = self.source_net(event.source);
+        self.bans.record_success(&source);
+        if event.method != Method::Register
+            || !self.policy.responsive.enabled
+            || self.is_allowlisted(event.source, now)
+        {
+            return;
+        }
+        let user = (!event.detail.is_empty()).then_some(event.detail.as_str());
+        let lifetime = event.expires_s.map(|secs| Duration::from_secs(secs.into()));
+        // An expiry of 0 is a de-registration: it earns nothing.
+        if lifetime == Some(Duration::ZERO) {
+            return;
+        }
+        match self.learned.learn(
+            event.source,
+            user,
+            lifetime,
+            self.policy.responsive.grace,
+            now,
+        ) {
+            Learning::New => {
+                log::info!(
+                    "learned trust for {} ({}) until {}",
+                    event.source,
+                    user.unwrap_or("no user"),
+                    self.learned
+                        .entries()
+                        .find(|entry| entry.address == event.source)
+                        .map_or_else(String::new, |entry| rfc3339(entry.until))
+                );
+            }
+            Learning::Extended => {}
+            Learning::Unchanged => return,
+        }
+        self.sync_lists();
+        self.dirty = true;
+    }
+
     fn tick(&mut self) {
         let now = SystemTime::now();
         let before = self.entries.len();
         self.entries
             .retain(|entry| entry.expires.is_none_or(|when| when > now));
-        if self.entries.len() != before {
+        let unlearned = self.learned.expire(now);
+        for entry in &unlearned {
+            log::info!("learned trust for {} ended", entry.address);
+        }
+        if self.entries.len() != before || !unlearned.is_empty() {
             self.track_hosts();
             self.sync_lists();
             self.dirty = true;
@@ -588,6 +704,7 @@ impl Daemon {
         let state = State {
             entries: self.entries.clone(),
             bans: self.bans.snapshot(),
+            learned: self.learned.entries().cloned().collect(),
         };
         match state::save(&self.options.state_path, &state) {
             Ok(()) => self.dirty = false,
@@ -708,7 +825,13 @@ impl Daemon {
         };
         let before = self.entries.len();
         self.entries.retain(|entry| entry.target != target);
-        let removed = before - self.entries.len();
+        let unlearned = match &target {
+            Target::Net(net) if net.prefix_len() == net.max_prefix_len() => {
+                self.learned.forget(net.addr())
+            }
+            _ => false,
+        };
+        let removed = before - self.entries.len() + usize::from(unlearned);
         let unbanned = match &target {
             Target::Net(net) => self.lift_ban(&self.source_net(net.addr())),
             Target::Host(_) => false,
@@ -724,7 +847,7 @@ impl Daemon {
             return Response::failed(if in_policy {
                 format!("{text} comes from the policy file: edit it and run `sipfilter reload`")
             } else {
-                format!("no CLI entry and no ban for {text}")
+                format!("no CLI entry, learned trust or ban for {text}")
             });
         }
         self.track_hosts();
@@ -826,12 +949,20 @@ impl Daemon {
             }
             rows.push(row);
         }
+        if wants(ListFilter::Learned) {
+            for entry in self.learned.entries() {
+                rows.push(json!({"kind": "learned", "address": entry.address.to_string(),
+                    "origin": "responsive", "comment": entry.user.as_ref().map(|user| format!("registered {user}")),
+                    "user": entry.user, "expires": rfc3339(entry.until), "since": rfc3339(entry.since)}));
+            }
+        }
         if wants(ListFilter::Bans) {
             for ban in self.bans.active() {
-                let (origin, reason) = match ban.reason {
-                    BanReason::Manual => ("cli", "manual".to_owned()),
-                    BanReason::Offence(offence) => ("ban_engine", offence.name().to_owned()),
+                let origin = match ban.reason {
+                    BanReason::Manual => "cli",
+                    _ => "ban_engine",
                 };
+                let reason = ban.reason.name();
                 rows.push(
                     json!({"kind": "ban", "address": ban.source.to_string(), "origin": origin,
                     "comment": format!("{reason}, {} offences", ban.offences), "reason": reason,
@@ -877,7 +1008,12 @@ impl Daemon {
             "sip_messages": methods,
             "events": {"sent": counters[stats::EVENTS_SENT as usize], "lost": counters[stats::EVENTS_LOST as usize],
                        "received": self.events_received},
+            "responses": ResponseClass::ALL
+                .iter()
+                .map(|class| (class.name().to_owned(), json!(counters[(stats::RESPONSE_BASE + *class as u32) as usize])))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
             "bans": {"active": self.bans.active().count()},
+            "learned": self.learned.len(),
         }))
     }
 
@@ -938,6 +1074,13 @@ impl Daemon {
         self.policy = policy;
         self.compiled = compiled;
         self.bans.set_policy(&self.policy.bans);
+        if !self.policy.responsive.enabled && !self.learned.is_empty() {
+            log::info!(
+                "responsive mode is off: forgetting {} learned sources",
+                self.learned.clear()
+            );
+            self.dirty = true;
+        }
         self.track_hosts();
         let lists = self.desired_lists();
         if let Err(error) = self.datapath.apply(&self.compiled, &lists) {
@@ -1005,6 +1148,12 @@ impl Daemon {
                 ListKind::Deny => "deny",
             };
             *entries.entry((kind.into(), "cli".into())).or_default() += 1;
+        }
+        if self.policy.responsive.enabled {
+            entries.insert(
+                ("allow".into(), "learned".into()),
+                self.learned.len() as u64,
+            );
         }
         let mut snapshot = self.snapshot.lock().expect("snapshot lock");
         snapshot.bans_active = self.bans.active().count() as u64;

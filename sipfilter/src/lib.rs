@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod learned;
 pub mod metrics;
 pub mod netns;
 pub mod patterns;

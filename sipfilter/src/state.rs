@@ -1,6 +1,6 @@
 //! The state file: what the daemon must not lose on a restart or a reboot, that is the list
-//! entries added from the CLI and the ban engine's bans and history (so a source banned before a
-//! restart stays banned and is still escalated after it). The policy file is the operator's and
+//! entries added from the CLI, the ban engine's bans and history (so a source banned before a
+//! restart stays banned and is still escalated after it) and learned trust. The policy file is the operator's and
 //! is never written.
 //!
 //! The file is JSON with a top-level `"version": 1`, times as RFC 3339 and durations as humantime
@@ -20,7 +20,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-use crate::{bans::BanEngineState, config::is_host_name, control::ListKind};
+use crate::{bans::BanEngineState, config::is_host_name, control::ListKind, learned::Learned};
 
 /// The format [`save`] writes and the only one [`load`] reads.
 pub const VERSION: u32 = 1;
@@ -30,6 +30,8 @@ pub const VERSION: u32 = 1;
 pub struct State {
     pub entries: Vec<ListEntry>,
     pub bans: BanEngineState,
+    /// Learned trust (responsive mode).
+    pub learned: Vec<Learned>,
 }
 
 /// An allow or deny entry added from the CLI.
@@ -121,6 +123,7 @@ struct FileOut<'a> {
     version: u32,
     entries: &'a [ListEntry],
     bans: &'a BanEngineState,
+    learned: &'a [Learned],
 }
 
 #[derive(Deserialize)]
@@ -130,6 +133,9 @@ struct FileIn {
     _version: u32,
     entries: Vec<ListEntry>,
     bans: BanEngineState,
+    /// Absent in files written before responsive mode existed.
+    #[serde(default)]
+    learned: Vec<Learned>,
 }
 
 /// Only the version, read first so that a future format is reported as such rather than as
@@ -170,6 +176,7 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
     state
         .entries
         .retain(|entry| entry.expires.is_none_or(|expires| expires > now));
+    state.learned.retain(|entry| entry.until > now);
     Ok(Some(state))
 }
 
@@ -189,6 +196,7 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
         version: VERSION,
         entries: &state.entries,
         bans: &state.bans,
+        learned: &state.learned,
     };
     // Encoded before anything touches the disk, so an encoding error leaves no trace.
     let mut bytes = serde_json::to_vec_pretty(&file).map_err(|source| StateError::Encode {
@@ -241,6 +249,7 @@ fn parse(bytes: &[u8]) -> Result<State, String> {
     Ok(State {
         entries: file.entries,
         bans: file.bans,
+        learned: file.learned,
     })
 }
 

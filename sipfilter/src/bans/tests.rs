@@ -57,7 +57,7 @@ fn threshold_counts_weights() {
     let source = v4(1);
     assert_eq!(offend(&mut engine, source, Offence::RateLimited, 4, 0), []);
     assert!(!engine.is_banned(&source, at(4)));
-    let ban = engine.record(source, Offence::AuthFailure, at(10)).unwrap();
+    let ban = engine.record(source, Offence::Rejection, at(10)).unwrap();
     assert_eq!(
         ban,
         Ban {
@@ -65,7 +65,7 @@ fn threshold_counts_weights() {
             since: at(10),
             until: at(10 + HOUR),
             duration: secs(HOUR),
-            reason: BanReason::Offence(Offence::AuthFailure),
+            reason: BanReason::Offence(Offence::Rejection),
             offences: 5,
         }
     );
@@ -84,7 +84,7 @@ fn threshold_counts_weights() {
             rate_limited: 1,
             scanner: 2,
             toll_fraud: 3,
-            auth_failure: 1,
+            rejection: 1,
         },
         ..policy()
     });
@@ -147,10 +147,7 @@ fn old_offences_slide_out_of_the_window() {
     // Spread out, offences never add up.
     let mut engine = BanEngine::new(&policy());
     for i in 0..100 {
-        assert_eq!(
-            engine.record(v4(2), Offence::AuthFailure, at(i * 150)),
-            None
-        );
+        assert_eq!(engine.record(v4(2), Offence::Rejection, at(i * 150)), None);
     }
     assert_eq!(engine.offences, 4);
 }
@@ -312,7 +309,9 @@ fn totals_by_reason() {
             "rate_limited",
             "scanner",
             "toll_fraud",
-            "auth_failure",
+            "rejection",
+            "challenges",
+            "enumeration",
             "manual"
         ]
     );
@@ -545,4 +544,128 @@ fn set_policy_keeps_bans_and_history() {
     });
     assert!(engine.is_banned(&active.source, at(10)));
     assert_eq!(engine.record(v4(4), Offence::Scanner, at(10)), None);
+}
+
+#[test]
+fn unanswered_challenges_ban_beyond_max_challenges() {
+    let mut engine = BanEngine::new(&policy());
+    let source = v4(1);
+    for i in 0..10 {
+        assert_eq!(
+            engine.record_challenge(source, at(i)),
+            None,
+            "challenge {i}"
+        );
+    }
+    let ban = engine
+        .record_challenge(source, at(10))
+        .expect("the 11th bans");
+    assert_eq!(ban.reason, BanReason::Challenges);
+    assert_eq!(ban.offences, 11);
+    assert_eq!(ban.duration, secs(HOUR));
+    // Challenges of a banned source are not counted again.
+    assert_eq!(engine.record_challenge(source, at(11)), None);
+}
+
+#[test]
+fn a_success_clears_the_window() {
+    let mut engine = BanEngine::new(&policy());
+    let phone = v4(1);
+    // A phone re-registering all day: one challenge, then a success, each time.
+    for cycle in 0..100 {
+        assert_eq!(engine.record_challenge(phone, at(cycle * 30)), None);
+        assert!(engine.record_success(&phone));
+    }
+    // The success also clears offences and rejected names.
+    assert_eq!(offend(&mut engine, phone, Offence::RateLimited, 3, 0), []);
+    assert_eq!(engine.record_rejection(phone, Some("1001"), at(5)), None);
+    assert!(engine.record_success(&phone));
+    assert!(!engine.record_success(&phone), "nothing left to clear");
+    assert_eq!(offend(&mut engine, phone, Offence::RateLimited, 4, 10), []);
+}
+
+#[test]
+fn challenges_leave_the_window_after_find_time() {
+    let mut engine = BanEngine::new(&policy());
+    let source = v4(1);
+    // Ten challenges ten minutes apart never make eleven within find_time.
+    for i in 0..30 {
+        assert_eq!(engine.record_challenge(source, at(i * 10 * MINUTE)), None);
+    }
+    // Eleven within it do.
+    let start = 400 * MINUTE;
+    let bans: Vec<Ban> = (0..11)
+        .filter_map(|i| engine.record_challenge(source, at(start + i)))
+        .collect();
+    assert_eq!(bans.len(), 1);
+}
+
+#[test]
+fn rejections_count_as_offences_and_distinct_users_as_enumeration() {
+    let mut engine = BanEngine::new(&policy());
+    // The same user refused five times: max_failures rejections.
+    let source = v4(1);
+    for i in 0..4 {
+        assert_eq!(engine.record_rejection(source, Some("1001"), at(i)), None);
+    }
+    let ban = engine
+        .record_rejection(source, Some("1001"), at(4))
+        .unwrap();
+    assert_eq!(ban.reason, BanReason::Offence(Offence::Rejection));
+
+    // Four distinct users (more than max_users = 3), slowly, weight 0 so only names count.
+    let mut engine = BanEngine::new(&Bans {
+        weights: OffenceWeights {
+            rejection: 0,
+            ..OffenceWeights::default()
+        },
+        ..policy()
+    });
+    let enumerator = v4(2);
+    for (i, user) in ["100", "101", "102"].iter().enumerate() {
+        let when = at(i as u64 * 2 * MINUTE);
+        assert_eq!(engine.record_rejection(enumerator, Some(user), when), None);
+        // A name seen again is not a new one.
+        assert_eq!(engine.record_rejection(enumerator, Some(user), when), None);
+    }
+    let ban = engine
+        .record_rejection(enumerator, Some("103"), at(6 * MINUTE))
+        .expect("a fourth name bans");
+    assert_eq!(ban.reason, BanReason::Enumeration);
+    assert_eq!(ban.offences, 4);
+    // Names older than find_time are forgotten.
+    let slow = v4(3);
+    for i in 0..20 {
+        let user = format!("{}", 200 + i);
+        assert_eq!(
+            engine.record_rejection(slow, Some(&user), at(i * 4 * MINUTE)),
+            None,
+            "user {user}"
+        );
+    }
+    // Without a name, only the offence counts.
+    assert_eq!(engine.record_rejection(v4(4), None, at(0)), None);
+}
+
+#[test]
+fn rejected_names_are_bounded_per_source() {
+    let mut engine = BanEngine::new(&Bans {
+        max_users: 100,
+        weights: OffenceWeights {
+            rejection: 0,
+            ..OffenceWeights::default()
+        },
+        ..policy()
+    });
+    for i in 0..100 {
+        let user = format!("u{i}");
+        assert_eq!(engine.record_rejection(v4(1), Some(&user), at(0)), None);
+    }
+    assert_eq!(engine.offences, 100);
+    assert!(
+        engine
+            .record_rejection(v4(1), Some("last"), at(1))
+            .is_some()
+    );
+    assert_eq!(engine.offences, 0, "the ban used the evidence up");
 }

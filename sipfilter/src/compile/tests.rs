@@ -58,6 +58,9 @@ fn modes_and_flags() {
     assert_eq!(config.flags & config_flags::SCAN_USER_AGENT, 0);
     assert_ne!(config.flags & config_flags::SCAN_FROM, 0);
     assert_ne!(config.flags & config_flags::TOLL_FRAUD, 0);
+    assert_eq!(config.flags & config_flags::RESPONSIVE, 0);
+    let responsive = compile(&policy("[responsive]\nenabled = true\n")).unwrap();
+    assert_ne!(responsive.config.flags & config_flags::RESPONSIVE, 0);
     assert_eq!(
         config.monitor_mask,
         RuleKind::Deny.bit() | RuleKind::Scanner.bit()

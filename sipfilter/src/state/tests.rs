@@ -4,6 +4,7 @@ use super::*;
 use crate::{
     bans::{BanEngine, BanReason, Offence},
     config::Bans,
+    learned::Learned,
 };
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -50,6 +51,12 @@ fn sample() -> State {
             entry(ListKind::Deny, "192.0.2.66/32", Some(now + 365 * DAY)),
         ],
         bans: engine.snapshot(),
+        learned: vec![Learned {
+            address: "198.51.100.20".parse().unwrap(),
+            user: Some("1001".to_owned()),
+            since: now,
+            until: now + DAY,
+        }],
     }
 }
 
@@ -96,6 +103,7 @@ fn file_format() {
             ..entry(ListKind::Deny, "192.0.2.66/32", None)
         }],
         bans: BanEngineState::default(),
+        learned: Vec::new(),
     };
     save(&path, &state).unwrap();
     let text = fs::read_to_string(&path).unwrap();
@@ -112,6 +120,7 @@ fn file_format() {
                 "added": "2025-06-15T15:06:40Z",
             }],
             "bans": {"active": [], "history": []},
+            "learned": [],
         })
     );
     assert!(text.ends_with("}\n"), "{text}");
@@ -185,9 +194,30 @@ fn expired_entries_are_dropped_on_load() {
             forever.clone(),
         ],
         bans: BanEngineState::default(),
+        learned: Vec::new(),
     };
     save(&path, &state).unwrap();
     assert_eq!(load(&path).unwrap().unwrap().entries, [keep, forever]);
+
+    let now = SystemTime::now();
+    let trusted = Learned {
+        address: "198.51.100.21".parse().unwrap(),
+        user: None,
+        since: now,
+        until: now + DAY,
+    };
+    let state = State {
+        learned: vec![
+            Learned {
+                until: now - Duration::from_secs(1),
+                ..trusted.clone()
+            },
+            trusted.clone(),
+        ],
+        ..State::default()
+    };
+    save(&path, &state).unwrap();
+    assert_eq!(load(&path).unwrap().unwrap().learned, [trusted]);
 }
 
 #[test]
@@ -329,6 +359,7 @@ fn failed_save_leaves_the_old_file() {
             Some(UNIX_EPOCH + 10_000 * 366 * DAY),
         )],
         bans: BanEngineState::default(),
+        learned: Vec::new(),
     };
     let error = save(&path, &unwritable).unwrap_err();
     assert!(matches!(error, StateError::Encode { .. }), "{error}");
