@@ -712,7 +712,9 @@ fn restart_keeps_entries_and_bans() {
     assert_eq!(daemon.stop(STOP).expect("SIGTERM").code(), Some(0));
     let mut daemon = setup.start(&policy, &[]);
     assert!(
-        daemon.log().contains("restored 2 entries and 1 bans"),
+        daemon
+            .log()
+            .contains("restored 2 entries, 1 bans and 0 learned sources"),
         "{}",
         daemon.log()
     );
@@ -863,7 +865,7 @@ fn bad_cli_input_is_refused_with_a_clear_message() {
         (
             &["remove", "192.0.2.78"],
             1,
-            &["no CLI entry and no ban for 192.0.2.78"],
+            &["no CLI entry, learned trust or ban for 192.0.2.78"],
         ),
     ];
     for (args, code, needles) in cases {
