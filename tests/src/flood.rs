@@ -576,10 +576,13 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     Ok(socket)
 }
 
+/// A request as [`parse_request`] returns it: method, headers (lower-cased names), body.
+pub type ParsedRequest = (String, Vec<(String, String)>, Vec<u8>);
+
 /// Parses `text` as a SIP request the way a strict registrar would: start line, headers with
 /// names, CRLF line ends, Content-Length equal to the body. Returns the method and the headers
 /// (lower-cased names). For tests of the generator and of what it sends.
-pub fn parse_request(text: &[u8]) -> Result<(String, Vec<(String, String)>, Vec<u8>)> {
+pub fn parse_request(text: &[u8]) -> Result<ParsedRequest> {
     let text_str = std::str::from_utf8(text).context("request is not UTF-8")?;
     let (head, body) = text_str
         .split_once("\r\n\r\n")
