@@ -398,6 +398,11 @@ pub struct FloodReport {
     pub elapsed: Duration,
     /// Distinct sources cycled through.
     pub sources: u32,
+    /// CPU time of the sending thread (`CLOCK_THREAD_CPUTIME_ID`, exact, not sampled). On a
+    /// veth the receiver's softirq work (the bridge, the PBX's receive path, the filter) runs
+    /// inline in the sender's system calls, so this is the flood's whole packet path unless
+    /// the kernel deferred some of it to ksoftirqd.
+    pub thread_cpu: Duration,
 }
 
 impl FloodReport {
@@ -466,6 +471,7 @@ fn send_loop(
         ..FloodReport::default()
     };
     let mut next = 0usize;
+    let cpu_before = thread_cpu_time();
     let started = Instant::now();
     let deadline = started + spec.duration;
     while report.sent < spec.max_packets && !stop.load(Ordering::Relaxed) {
@@ -523,7 +529,19 @@ fn send_loop(
         next = (next + done) % pool.len();
     }
     report.elapsed = started.elapsed();
+    report.thread_cpu = thread_cpu_time().saturating_sub(cpu_before);
     Ok(report)
+}
+
+/// CPU time of the calling thread so far.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// An `AF_PACKET` socket bound to `ifname`, sending only (protocol 0: it receives nothing),

@@ -727,6 +727,26 @@ pub fn softirq_seconds() -> Result<f64> {
     Ok(softirq as f64 / clock_ticks())
 }
 
+/// Exact run time of the kernel's ksoftirqd threads (`/proc/PID/schedstat`), in seconds: the
+/// softirq work the kernel deferred instead of running inline.
+pub fn ksoftirqd_seconds() -> f64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let nanos: u64 = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("ksoftirqd/"))
+        })
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    nanos as f64 / 1e9
+}
+
 /// User + system time of `pids`, in seconds (processes that vanished count 0).
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     let ticks: u64 = pids
@@ -783,7 +803,12 @@ pub struct Measurement {
     pub flood_at_kamailio: u64,
     pub legit: LegitReport,
     pub trusted: Option<LegitReport>,
+    /// Machine-wide softirq time from `/proc/stat`. This kernel samples it at ticks (no
+    /// `IRQ_TIME_ACCOUNTING`), which aliases with a paced sender: see [`Measurement::path_cpu_s`].
     pub softirq_s: f64,
+    /// The flood's packet path, measured exactly: the sending thread's CPU time (which on a
+    /// veth includes the receiver's softirq work run inline) plus ksoftirqd's.
+    pub path_cpu_s: f64,
     pub kamailio_cpu_s: f64,
     /// UDP datagrams delivered to sockets in the PBX namespace, and dropped at a full socket.
     pub pbx_udp_delivered: u64,
@@ -803,6 +828,15 @@ impl Measurement {
             0.0
         } else {
             self.softirq_s * 1e6 / self.flood.sent as f64
+        }
+    }
+
+    /// Packet-path CPU per flood packet (send, switch, receive, filter), in microseconds.
+    pub fn path_us_per_packet(&self) -> f64 {
+        if self.flood.sent == 0 {
+            0.0
+        } else {
+            self.path_cpu_s * 1e6 / self.flood.sent as f64
         }
     }
 }
@@ -835,6 +869,7 @@ pub fn measure(
     let kamailio_pids = lab.kamailio.pids();
     let log_before = lab.kamailio.log().len();
     let softirq_before = softirq_seconds()?;
+    let ksoftirqd_before = ksoftirqd_seconds();
     let kamailio_before = cpu_seconds(&kamailio_pids);
     let udp_before = udp_counters(&lab.pbx)?;
     let drops_before = active
@@ -865,6 +900,7 @@ pub fn measure(
     thread::sleep(DRAIN);
 
     let softirq_s = softirq_seconds()? - softirq_before;
+    let path_cpu_s = flood.thread_cpu.as_secs_f64() + ksoftirqd_seconds() - ksoftirqd_before;
     let kamailio_cpu_s = cpu_seconds(&kamailio_pids) - kamailio_before;
     let udp_after = udp_counters(&lab.pbx)?;
     let log = lab.kamailio.log();
@@ -883,6 +919,7 @@ pub fn measure(
         legit,
         trusted,
         softirq_s,
+        path_cpu_s,
         kamailio_cpu_s,
         pbx_udp_delivered: udp_after.0 - udp_before.0,
         pbx_udp_rcvbuf_drops: udp_after.1 - udp_before.1,
