@@ -574,22 +574,31 @@ fn render(
 /// The issue's goals, checked against this run's figures.
 fn goals(args: &BenchArgs, policy: &LabPolicy, rows: &[Row], quiet: &[Measurement]) -> String {
     let mut out = String::from("\nGoals:\n");
-    let mut quiet_all = LegitReport::default();
-    for m in quiet {
-        quiet_all.merge(&m.legit);
-    }
-    let quiet_p99 = quiet_all.register_ms(99.0);
+    // Per-run p99s, compared median to median: one slow registration in one run (the machine
+    // is shared) should not decide the verdict either way.
+    let quiet_p99 = median(
+        &mut quiet
+            .iter()
+            .map(|m| m.legit.register_ms(99.0))
+            .collect::<Vec<_>>(),
+    );
     let single = matches!(args.scenario, Scenario::Single | Scenario::Single6);
     for row in rows.iter().filter(|r| r.defence.is_sipfilter()) {
         let mut all = LegitReport::default();
         for m in &row.runs {
             all.merge(&m.legit);
         }
-        let p99 = all.register_ms(99.0);
+        let p99 = median(
+            &mut row
+                .runs
+                .iter()
+                .map(|m| m.legit.register_ms(99.0))
+                .collect::<Vec<_>>(),
+        );
         let _ = writeln!(
             out,
-            "- {}: legit registrations {}/{} ({:.1}%); p99 {:.2} ms under flood vs {:.2} ms \
-             without ({:.2}x; goal <= 2x: {})",
+            "- {}: legit registrations {}/{} ({:.1}%); p99 (median of runs) {:.2} ms under flood \
+             vs {:.2} ms without ({:.2}x; goal 100% and <= 2x: {})",
             row.defence.name(),
             all.registered,
             all.registrations,
@@ -604,26 +613,31 @@ fn goals(args: &BenchArgs, policy: &LabPolicy, rows: &[Row], quiet: &[Measuremen
             }
         );
         if single {
-            for m in &row.runs {
+            let counts: Vec<String> = row
+                .runs
+                .iter()
+                .map(|m| m.flood_at_kamailio.to_string())
+                .collect();
+            let met = row.runs.iter().all(|m| {
                 let secs = m.flood.elapsed.as_secs_f64();
-                let allowed = f64::from(policy.burst) + f64::from(policy.rate) * secs;
-                let _ = writeln!(
-                    out,
-                    "  - flood requests at kamailio: {} over {:.1} s; configured {} + {}/s x {:.1} s \
-                     = {:.0} ({})",
-                    m.flood_at_kamailio,
-                    secs,
-                    policy.burst,
-                    policy.rate,
-                    secs,
-                    allowed,
-                    if m.flood_at_kamailio as f64 <= allowed + 2.0 {
-                        "met"
-                    } else {
-                        "NOT met"
-                    }
-                );
-            }
+                m.flood_at_kamailio as f64
+                    <= f64::from(policy.burst) + f64::from(policy.rate) * secs + 2.0
+            });
+            let secs = row
+                .runs
+                .first()
+                .map_or(0.0, |m| m.flood.elapsed.as_secs_f64());
+            let _ = writeln!(
+                out,
+                "  - flood requests at kamailio per run: {}; configured {} + {}/s x {:.1} s = {:.0} \
+                 (+2 for the datapath's documented error on 2 CPUs): {}",
+                counts.join(", "),
+                policy.burst,
+                policy.rate,
+                secs,
+                f64::from(policy.burst) + f64::from(policy.rate) * secs,
+                if met { "met" } else { "NOT met" }
+            );
         }
         if let Some(reference) = rows.iter().find(|r| r.defence == row.defence) {
             for other in rows
