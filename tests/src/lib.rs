@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod datapath;
 pub mod dns;
 pub mod e2e;
+pub mod flood;
+pub mod floodlab;
 pub mod lab;
 pub mod netns;
 pub mod packet;

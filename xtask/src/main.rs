@@ -1,5 +1,5 @@
 //! `cargo xtask`: the project's own automation (toolchain and lab setup, build, run, test,
-//! benchmark, lint), so a fresh machine needs nothing but rustup and this repository.
+//! benchmark, flood lab, lint), so a fresh machine needs nothing but rustup and this repository.
 //!
 //! External commands go through the helpers below ([`run`], or [`capture`], [`exec`],
 //! [`spawn`] + [`check`] where the output matters): they echo the command and, on failure,
@@ -8,6 +8,7 @@
 
 mod bench;
 mod build;
+mod lab;
 mod lint;
 mod run;
 mod setup;
@@ -45,8 +46,10 @@ enum Cmd {
     Run(run::Args),
     /// Set up everything, build, then run the whole test suite.
     Test(test::Args),
-    /// Run the datapath benchmark (`sipfilter-bench`).
+    /// Run the datapath benchmark (`sipfilter-bench`), or `bench flood`: the flood comparison.
     Bench(bench::Args),
+    /// Build the flood lab (attacker, user, PBX with Kamailio, sipfilter) until Ctrl-C.
+    Lab(lab::Args),
     /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace.
     Lint,
 }
@@ -68,6 +71,7 @@ fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Run(args) => run::main(args),
         Cmd::Test(args) => test::main(&args),
         Cmd::Bench(args) => bench::main(args),
+        Cmd::Lab(args) => lab::main(&args),
         Cmd::Lint => lint::main(),
     }
 }

@@ -17,7 +17,10 @@ use crate::{capture, cargo, home, is_root, probe, run};
 /// Packages the tests and labs use: `ip`/netns and veth, `bpftool` to inspect loaded programs,
 /// packet capture, NIC offload control, and real SIP peers and attackers (kamailio registrar,
 /// sipvicious scanner, baresip user agent) plus the prometheus scraper and fail2ban that the
-/// integration labs talk to. All names checked with `apt-cache policy` on Debian 12 (bookworm).
+/// integration labs talk to, and the firewalls the flood lab compares sipfilter with (iptables
+/// with ipset, nftables; only ever used inside lab namespaces, and nftables' service, whose
+/// config flushes the ruleset, is never started). All names checked with `apt-cache policy` on
+/// Debian 12 (bookworm).
 pub const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -29,6 +32,9 @@ pub const PACKAGES: &[&str] = &[
     "baresip-core",
     "prometheus",
     "fail2ban",
+    "iptables",
+    "ipset",
+    "nftables",
 ];
 
 /// Daemons some of [`PACKAGES`] ship; none may be left running by the install.

@@ -1,0 +1,223 @@
+//! The flood lab end to end (`sipfilter_tests::floodlab`): attacker, user and PBX namespaces
+//! joined by a switch, Debian's Kamailio as registrar, the real `sipfilter attach` on the PBX's
+//! interface, the project's flood generator sending from the attacker.
+//!
+//! Asserts what the lab exists to show, on a short bounded run: a single-source REGISTER flood
+//! reaches Kamailio at no more than the configured rate while the legitimate user keeps
+//! registering; a spoofed-source flood fills the rate limiter's map without dropping the
+//! allowlisted source; the firewall rules the comparison uses load; and nothing of the lab is
+//! left afterwards.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use sipfilter_common::{Reason, stats};
+use sipfilter_tests::flood::{FloodMethod, FloodSources};
+use sipfilter_tests::floodlab::{
+    self, Defence, FLOOD_SOURCE_V4, FloodLab, LabPolicy, TRUSTED_V4, USERS, dropped,
+    namespace_exists, run_legit,
+};
+use sipfilter_tests::require_bpf;
+
+/// Kamailio's lifetime bound: far beyond the test, which takes about 20 s.
+const LIFETIME: Duration = Duration::from_secs(180);
+const SINGLE_FLOOD: Duration = Duration::from_secs(4);
+/// One message per spoofed source, three rounds: each source stays under the burst, so the
+/// datapath must drop nothing at all.
+const SPOOFED_SOURCES: u32 = 100_000;
+const SPOOFED_ROUNDS: u64 = 3;
+
+fn reason(counters: &[u64], reason: Reason) -> u64 {
+    counters[(stats::REASON_BASE + reason as u32) as usize]
+}
+
+#[test]
+fn sipfilter_holds_floods_in_the_lab() {
+    if !require_bpf("sipfilter_holds_floods_in_the_lab") {
+        return;
+    }
+    let never = AtomicBool::new(false);
+    let lab = FloodLab::new("flt", false, LIFETIME).expect("the flood lab builds");
+    let names = lab.namespace_names();
+    assert_eq!(names.len(), 4);
+    // The comparison's policy: 5/s burst 10 per source, the 10,000-entry blocklist (through
+    // the state file), bans off so the rate limit alone is measured.
+    let policy = LabPolicy::default();
+    let active = lab
+        .defend(Defence::SipfilterDriver, &policy)
+        .expect("sipfilter attaches in driver mode");
+    let guard = active.sipfilter.as_ref().unwrap();
+    let status = guard.status_json().expect("status");
+    let status_text = status.to_string();
+    assert!(
+        status_text.contains("10000"),
+        "the blocklist is loaded: {status_text}"
+    );
+    assert_eq!(
+        lab.client(false)
+            .unwrap()
+            .register(USERS[0].0, USERS[0].1)
+            .unwrap()
+            .code(),
+        200,
+        "the user registers before the flood"
+    );
+
+    // 1. A single-source REGISTER flood at full speed, the user registering every second.
+    let log_before = lab.kamailio.log().len();
+    let spec = lab.flood_spec(
+        FloodMethod::Register,
+        FloodSources::Single(FLOOD_SOURCE_V4.into()),
+        SINGLE_FLOOD,
+    );
+    let (flood, legit) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| lab.flood(&spec, &never));
+        let legit = run_legit(&lab, false, SINGLE_FLOOD, &never).expect("legit agent");
+        (flood.join().unwrap().expect("flood"), legit)
+    });
+    eprintln!(
+        "single-source flood: {} frames in {:.2} s ({:.0}/s); legit {}/{} (p99 {:.2} ms)",
+        flood.sent,
+        flood.elapsed.as_secs_f64(),
+        flood.pps(),
+        legit.registered,
+        legit.registrations,
+        legit.register_ms(99.0)
+    );
+    assert!(flood.sent > 0 && flood.pps() > 0.0, "{flood:?}");
+    assert!(
+        flood.sent > 10 * u64::from(policy.burst),
+        "a flood, not a trickle: {flood:?}"
+    );
+    assert!(legit.registrations >= 3, "{legit:?}");
+    assert_eq!(
+        legit.registered, legit.registrations,
+        "every registration of the user succeeded during the flood: {:?}",
+        legit.errors
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let log = lab.kamailio.log();
+    let seen = sipfilter_tests::lab::SeenLog::parse(&log[log_before..]).unwrap();
+    let reached = seen.count_from("REGISTER", FLOOD_SOURCE_V4.into()) as f64;
+    let secs = flood.elapsed.as_secs_f64();
+    let configured = f64::from(policy.burst) + f64::from(policy.rate) * secs;
+    // The datapath's documented error (sipfilter-ebpf/src/datapath/rate.rs): at most one
+    // request per CPU per burst window (burst / rate seconds) beyond the configured rate, plus
+    // one for the coarse clock's jiffy at either end.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let windows = 1.0 + secs * f64::from(policy.rate) / f64::from(policy.burst);
+    let slack = cpus * windows + 1.0;
+    eprintln!(
+        "flood requests at kamailio: {reached} (configured {configured:.1}, slack {slack:.1})"
+    );
+    assert!(
+        reached <= configured + slack,
+        "{reached} flood requests reached kamailio, above {configured:.1} + {slack:.1}"
+    );
+    assert!(
+        reached >= f64::from(policy.burst),
+        "the flood source's burst reaches kamailio ({reached}): the flood was real SIP"
+    );
+
+    // 2. A spoofed-source flood: 100,000 sources, three messages each, while the trusted
+    //    (allowlisted) source and the user register.
+    let before = guard.counters().unwrap();
+    let mut spec = lab.flood_spec(
+        FloodMethod::Register,
+        FloodSources::Spoofed4 {
+            count: SPOOFED_SOURCES,
+        },
+        Duration::from_secs(10),
+    );
+    spec.max_packets = u64::from(SPOOFED_SOURCES) * SPOOFED_ROUNDS;
+    let (flood, trusted) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| lab.flood(&spec, &never));
+        let trusted = run_legit(&lab, true, Duration::from_secs(2), &never).expect("trusted");
+        (flood.join().unwrap().expect("spoofed flood"), trusted)
+    });
+    let after = guard.counters().unwrap();
+    let (sources, capacity) = guard.rate_occupancy().unwrap();
+    eprintln!(
+        "spoofed flood: {} frames in {:.2} s; rate map {sources}/{capacity}; trusted {}/{}",
+        flood.sent,
+        flood.elapsed.as_secs_f64(),
+        trusted.registered,
+        trusted.registrations
+    );
+    assert_eq!(flood.sent, spec.max_packets, "{flood:?}");
+    assert_eq!(
+        dropped(&after) - dropped(&before),
+        0,
+        "every spoofed source stayed under its burst, and the trusted source is never dropped"
+    );
+    let allowlisted = reason(&after, Reason::Allowlisted) - reason(&before, Reason::Allowlisted);
+    assert!(
+        allowlisted >= u64::from(trusted.registrations + trusted.options),
+        "each request of the trusted source {TRUSTED_V4} passed as allowlisted ({allowlisted})"
+    );
+    assert!(
+        sources >= u64::from(SPOOFED_SOURCES) * 9 / 10 && sources <= capacity,
+        "the spoofed sources are tracked, within the map's capacity: {sources}/{capacity}"
+    );
+    // Right after the flood (Kamailio's queue drains in milliseconds), both users register.
+    std::thread::sleep(Duration::from_millis(300));
+    for trusted in [true, false] {
+        let user = USERS[usize::from(trusted)];
+        let registration = lab
+            .client(trusted)
+            .unwrap()
+            .register(user.0, user.1)
+            .expect("answered");
+        assert_eq!(registration.code(), 200, "trusted={trusted}");
+    }
+
+    drop(active);
+    drop(lab);
+    let left: Vec<&String> = names.iter().filter(|n| namespace_exists(n)).collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+#[test]
+fn firewall_defences_load_their_rules() {
+    if !require_bpf("firewall_defences_load_their_rules") {
+        return;
+    }
+    floodlab::check_prerequisites(&[Defence::Iptables, Defence::Nftables])
+        .expect("iptables, ipset and nft are installed (cargo xtask setup)");
+    let policy = LabPolicy::default();
+    for defence in [Defence::Iptables, Defence::Nftables] {
+        let lab = FloodLab::new("flfw", false, LIFETIME).expect("lab");
+        let names = lab.namespace_names();
+        let _active = lab.defend(defence, &policy).expect("rules load");
+        let listing =
+            |args: &[&str]| String::from_utf8(lab.pbx.exec(args).expect("listing").stdout).unwrap();
+        match defence {
+            Defence::Iptables => {
+                let rules = listing(&["iptables", "-S", "INPUT"]);
+                assert!(
+                    rules.contains("hashlimit") || rules.contains("limit"),
+                    "{rules}"
+                );
+                assert!(rules.contains("friendly-scanner"), "{rules}");
+                let rules6 = listing(&["ip6tables", "-S", "INPUT"]);
+                assert!(rules6.contains("sflab-block6"), "{rules6}");
+                let set = listing(&["ipset", "list", "-terse", "sflab-block4"]);
+                assert!(set.contains("Number of entries: 10000"), "{set}");
+            }
+            _ => {
+                let table = listing(&["nft", "list", "table", "inet", "sflab"]);
+                assert!(
+                    table.contains("limit rate over 5/second burst 10"),
+                    "{table}"
+                );
+                assert!(table.contains("198.19.160.0"), "blocklist loaded");
+            }
+        }
+        // The user still registers through the rules (3 requests/s is under every limit).
+        let client = lab.client(false).unwrap();
+        assert_eq!(client.register(USERS[0].0, USERS[0].1).unwrap().code(), 200);
+        drop(_active);
+        drop(lab);
+        assert!(names.iter().all(|n| !namespace_exists(n)));
+    }
+}
