@@ -664,12 +664,20 @@ fn bench(args: &Args) -> Result<()> {
 
     eprintln!("loading the datapaths and the trivial program");
     let mut programs = Programs::load()?;
+    // Reported before the path checks too, so a build that measures the wrong path still shows
+    // what the verifier made of it.
+    let sizes = program_sizes(&mut programs)?;
+    for size in &sizes {
+        let insns = size
+            .verified_insns
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        eprintln!("  {}: {insns} verified instructions", size.name);
+    }
 
     eprintln!("verifying the path of every packet");
     for case in &cases {
         verify(case, &mut programs)?;
     }
-    let sizes = program_sizes(&mut programs)?;
 
     let before: Vec<Vec<u64>> = programs
         .datapaths
