@@ -507,6 +507,10 @@ pub struct PatternSet {
     pub shift_mask: [u64; PatternSet::MAX_WORDS],
     /// The bits that say a pattern occurred: each pattern's last byte and its 7 wildcards.
     pub end_mask: [u64; PatternSet::MAX_WORDS],
+    /// `tail[n]`: what the lanes from `n` to 7 contribute when they hold a byte that no pattern
+    /// has. ORed into the last step of a value with `n` bytes in it (`n` is 1 to 7; `tail[0]`
+    /// is unused), it makes the bytes past the value's end match nothing, whatever they are.
+    pub tail: [[u64; PatternSet::MAX_WORDS]; PatternSet::STEP],
     /// `lanes[(lane * 256 + byte) * words + word]`; the part beyond `8 * 256 * words` is unused.
     pub lanes: [u64; PatternSet::LANE_WORDS],
 }
@@ -618,7 +622,7 @@ const _: () = assert!(core::mem::size_of::<HintBlock>() == 256);
 const _: () = assert!(core::mem::size_of::<RateState>() == 24);
 const _: () = assert!(
     core::mem::size_of::<PatternSet>()
-        == 8 + 16 * PatternSet::MAX_WORDS + 8 * PatternSet::LANE_WORDS
+        == 8 * (1 + (2 + PatternSet::STEP) * PatternSet::MAX_WORDS + PatternSet::LANE_WORDS)
 );
 const _: () = assert!(core::mem::size_of::<Event>() == 72);
 

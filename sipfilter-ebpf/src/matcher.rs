@@ -11,8 +11,8 @@
 use sipfilter_common::PatternSet;
 
 use crate::{
-    sip::{MAX_VALUE_BYTES, SCAN_BYTES, ScanBuf, Span, load8},
-    swar::{low_bytes, opaque},
+    sip::{MAX_VALUE_BYTES, SCAN_BYTES, SCAN_WORDS, ScanBuf, Span},
+    swar::opaque,
 };
 
 /// Keeps the loop-carried position bounded for the verifier, as `sip`'s loops do: every
@@ -20,7 +20,9 @@ use crate::{
 /// verifier sees the same range at every step and prunes the loop after a few.
 const POS_MASK: usize = 2 * SCAN_BYTES - 1;
 const _: () = assert!(SCAN_BYTES + MAX_VALUE_BYTES <= POS_MASK);
-// `walk` tells the last step from the others with `(budget + 63) >> 6`.
+// `walk` tells the last step from the others with `(budget + 63) >> 6`, and reads 8 bytes from
+// any step start below `SCAN_BYTES`.
+const _: () = assert!(SCAN_BYTES + PatternSet::STEP <= SCAN_WORDS * 8);
 const _: () = assert!(MAX_VALUE_BYTES / PatternSet::STEP < 64);
 
 /// True if any pattern of `set` occurs in the first [`MAX_VALUE_BYTES`] bytes of `value`,
@@ -40,22 +42,26 @@ pub fn matches(set: &PatternSet, buf: &ScanBuf, value: Span) -> bool {
     }
 }
 
+/// The scan buffer as bytes.
+#[inline(always)]
+fn bytes(buf: &ScanBuf) -> &[u8; SCAN_WORDS * 8] {
+    // SAFETY: the same memory, as bytes (alignment 1, no invalid values).
+    unsafe { &*buf.words.as_ptr().cast::<[u8; SCAN_WORDS * 8]>() }
+}
+
 /// The matcher for a list of `W` state words.
 ///
 /// The loop body has no branch: the verifier walks every step of the first path through a
 /// bounded loop, and a branch inside it would leave a second path to walk from every step.
-/// So the last step's bytes are masked arithmetically, and a match is recorded, not returned.
+/// So the last step is told from the others arithmetically, and a match is recorded, not
+/// returned.
 #[inline(always)]
 fn walk<const W: usize>(set: &PatternSet, buf: &ScanBuf, value: Span) -> bool {
     let len = (value.end.saturating_sub(value.start) as usize).min(MAX_VALUE_BYTES);
-    // The bytes of the last step that belong to the value; the others become NUL, which no
-    // pattern holds (nor may: the policy refuses it), so the bytes after the value can neither
-    // complete nor extend a match.
-    let tail = if len.is_multiple_of(PatternSet::STEP) {
-        u64::MAX
-    } else {
-        low_bytes(len % PatternSet::STEP)
-    };
+    // What the bytes past the value's end in its last step must contribute: a byte that no
+    // pattern has, whatever they hold. Zero when the last step is full.
+    let tail: [u64; W] = core::array::from_fn(|word| set.tail[len % PatternSet::STEP][word]);
+    let text = bytes(buf);
     // All ones: no pattern has begun.
     let mut state = [u64::MAX; W];
     let mut found = 0;
@@ -66,13 +72,16 @@ fn walk<const W: usize>(set: &PatternSet, buf: &ScanBuf, value: Span) -> bool {
     let mut budget = opaque(len.div_ceil(PatternSet::STEP));
     while budget != 0 {
         budget -= 1;
-        // 1 on every step but the last (the budget is at most MAX_VALUE_BYTES / STEP, below
-        // 64), computed without a comparison, which would be a branch on eBPF.
-        let more = (opaque(budget) + 63) >> 6;
-        let text = load8(buf, pos) & (tail | (more as u64).wrapping_neg());
-        let mut mismatch = [0u64; W];
+        // All ones on the last step, zero on the others (the budget is at most
+        // MAX_VALUE_BYTES / STEP, below 64), computed without a comparison, which would be a
+        // branch on eBPF.
+        let last = ((opaque(budget) + 63) >> 6).wrapping_sub(1) as u64;
+        let mut mismatch: [u64; W] = core::array::from_fn(|word| tail[word] & last);
+        // Every step starts inside the message (below `SCAN_BYTES`), so the mask changes
+        // nothing; it lets the verifier prove the step's 8 byte reads inside the buffer.
+        let at = opaque(pos) & (SCAN_BYTES - 1);
         for lane in 0..PatternSet::STEP {
-            let byte = ((text >> (8 * lane)) & 0xff) as usize;
+            let byte = usize::from(text[at + lane]);
             for (word, bits) in mismatch.iter_mut().enumerate() {
                 *bits |= set.lanes[PatternSet::lane_index(W, lane, byte, word)];
             }

@@ -117,11 +117,14 @@ pub fn compile(patterns: &[String]) -> Result<Box<PatternSet>, PatternError> {
     // positions it does not match (either case).
     let mut starts = [0; PatternSet::MAX_WORDS];
     let mut end_mask = [0; PatternSet::MAX_WORDS];
+    // The mismatch mask of a byte that no pattern has: every pattern byte.
+    let mut nothing = [0; PatternSet::MAX_WORDS];
     let mut mismatch = vec![[0u64; PatternSet::MAX_WORDS]; 256];
     let mut first = 0;
     for pattern in &kept {
         set_bit(&mut starts, first);
         for (offset, &expected) in pattern.iter().enumerate() {
+            set_bit(&mut nothing, first + offset);
             for byte in 0..=255u8 {
                 if byte.to_ascii_lowercase() != expected {
                     set_bit(&mut mismatch[usize::from(byte)], first + offset);
@@ -146,13 +149,24 @@ pub fn compile(patterns: &[String]) -> Result<Box<PatternSet>, PatternError> {
 
     set.shift_mask = fresh[PatternSet::STEP];
     set.end_mask = end_mask;
-    for lane in 0..PatternSet::STEP {
-        // The byte at `lane` is followed by `STEP - 1 - lane` more bytes in its step.
+    // The byte at `lane` is followed by `STEP - 1 - lane` more bytes in its step.
+    let lane_bits = |lane: usize, bits: &Bits| {
         let shift = PatternSet::STEP - 1 - lane;
+        and(&shl(bits, shift as u32), &fresh[shift])
+    };
+    for lane in 0..PatternSet::STEP {
         for (byte, bits) in mismatch.iter().enumerate() {
-            let shifted = and(&shl(bits, shift as u32), &fresh[shift]);
+            let shifted = lane_bits(lane, bits);
             for (word, value) in shifted.iter().enumerate().take(words) {
                 set.lanes[PatternSet::lane_index(words, lane, byte, word)] = *value;
+            }
+        }
+    }
+    for valid in 1..PatternSet::STEP {
+        for lane in valid..PatternSet::STEP {
+            let shifted = lane_bits(lane, &nothing);
+            for (word, value) in shifted.iter().enumerate() {
+                set.tail[valid][word] |= value;
             }
         }
     }

@@ -12,6 +12,12 @@ fn ab() -> Box<PatternSet> {
     // A lone pattern starts at bit 0, so shifting already leaves its first bits clear.
     set.shift_mask[0] = !0xff;
     set.end_mask[0] = 0xff << 1;
+    // A byte no pattern has, at lanes `valid..8`.
+    for valid in 1..PatternSet::STEP {
+        for lane in valid..PatternSet::STEP {
+            set.tail[valid][0] |= 0b11 << (PatternSet::STEP - 1 - lane);
+        }
+    }
     for byte in 0..256usize {
         let lower = (byte as u8).to_ascii_lowercase();
         let mismatch = u64::from(lower != b'a') | u64::from(lower != b'b') << 1;
