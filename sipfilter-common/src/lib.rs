@@ -23,7 +23,11 @@ pub mod map_names {
     pub const BANS: &str = "SF_BANS";
     pub const RATE: &str = "SF_RATE";
     pub const TOLL: &str = "SF_TOLL";
-    pub const PATTERNS: &str = "SF_PATTERNS";
+    /// Scanner pattern lists ([`crate::PatternSet`]). `SF_PATTERNS` held the automata of earlier
+    /// builds; the loader removes a stale pin of it.
+    pub const PATTERNS: &str = "SF_PATTERNS_V2";
+    /// The retired map of earlier builds (`Dfa`, an Aho-Corasick automaton).
+    pub const PATTERNS_V1: &str = "SF_PATTERNS";
     pub const SCRATCH: &str = "SF_SCRATCH";
     pub const STATS: &str = "SF_STATS";
     pub const EVENTS: &str = "SF_EVENTS";
@@ -521,30 +525,68 @@ pub struct RateState {
 pub const TOLL_PREFIX_MAX: usize = 16;
 
 // ---------------------------------------------------------------------------------------------
-// Pattern automata
+// Scanner patterns
 // ---------------------------------------------------------------------------------------------
 
-/// A scanner pattern list compiled to a DFA (Aho-Corasick, ASCII case folded) by userspace.
-/// `next[state * 256 + byte]` is the next state; state 0 is the start; [`Dfa::MATCH`] is
-/// absorbing, so the datapath walks the whole header value with one table read per byte and
-/// tests for a match once at the end.
+/// A scanner pattern list compiled by userspace for the datapath's multi-pattern shift-or
+/// matcher (`sipfilter_ebpf::matcher`), which walks a header value 8 bytes per step.
+///
+/// The patterns (ASCII lower-cased) sit side by side in one state of `64 * words` bits: pattern
+/// `j` of length `L` owns `L + 7` consecutive bits, the last 7 of which are wildcards, so that a
+/// match ending anywhere in an 8-byte step is still visible at the end of the step. A state bit
+/// is 0 while the text read so far ends with the pattern's prefix up to that bit ("shift-or":
+/// 0 means alive). One step over the text bytes `c[0..8]` is
+///
+/// ```text
+/// state = ((state << 8) & shift_mask) | lanes[0][c[0]] | lanes[1][c[1]] | ... | lanes[7][c[7]]
+/// ```
+///
+/// where `lanes[i][c]` is the mismatch mask of byte `c` (1 where the pattern does not have `c`,
+/// either case) shifted by `7 - i` with each pattern's first `7 - i` bits cleared (they belong to
+/// text after the step started), and `shift_mask` clears each pattern's first 8 bits (a pattern
+/// may start anywhere). A pattern occurred when any of its `end_mask` bits (its last byte and
+/// its 7 wildcards) is 0 after a step. The table loads depend only on the text, never on the
+/// state, so the steps do not wait on one another the way an automaton's walk does.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Dfa {
-    pub next: [u8; Dfa::STATES * 256],
+pub struct PatternSet {
+    /// State words the list uses (1 to [`PatternSet::MAX_WORDS`]); 0 for an empty list, which
+    /// never matches. Also the stride of `lanes`.
+    pub words: u64,
+    /// Clears the first 8 bits of every pattern after the state is shifted by 8.
+    pub shift_mask: [u64; PatternSet::MAX_WORDS],
+    /// The bits that say a pattern occurred: each pattern's last byte and its 7 wildcards.
+    pub end_mask: [u64; PatternSet::MAX_WORDS],
+    /// `tail[n]`: what the lanes from `n` to 7 contribute when they hold a byte that no pattern
+    /// has. ORed into the last step of a value with `n` bytes in it (`n` is 1 to 7; `tail[0]`
+    /// is unused), it makes the bytes past the value's end match nothing, whatever they are.
+    pub tail: [[u64; PatternSet::MAX_WORDS]; PatternSet::STEP],
+    /// `lanes[(lane * 256 + byte) * words + word]`; the part beyond `8 * 256 * words` is unused.
+    pub lanes: [u64; PatternSet::LANE_WORDS],
 }
 
-impl Dfa {
-    /// States a pattern list may compile to (about this many pattern bytes in all).
-    pub const STATES: usize = 256;
-    /// The absorbing match state.
-    pub const MATCH: u8 = 255;
-    /// `SF_PATTERNS` index of the User-Agent automaton.
+impl PatternSet {
+    /// Text bytes per step of the matcher.
+    pub const STEP: usize = 8;
+    /// State words a list may use: `64 * MAX_WORDS` bits, each pattern taking its length plus
+    /// `STEP - 1`.
+    pub const MAX_WORDS: usize = 8;
+    /// State bits a list may use.
+    pub const MAX_BITS: usize = 64 * PatternSet::MAX_WORDS;
+    /// Entries of `lanes`.
+    pub const LANE_WORDS: usize = PatternSet::STEP * 256 * PatternSet::MAX_WORDS;
+    /// `SF_PATTERNS_V2` index of the User-Agent list.
     pub const USER_AGENT: u32 = 0;
-    /// `SF_PATTERNS` index of the From automaton.
+    /// `SF_PATTERNS_V2` index of the From list.
     pub const FROM: u32 = 1;
-    /// Entries of `SF_PATTERNS`.
+    /// Entries of `SF_PATTERNS_V2`.
     pub const LISTS: u32 = 2;
+
+    /// Index in `lanes` of `word` of the mask of `byte` at `lane`, for a list of `words` words.
+    #[inline(always)]
+    pub const fn lane_index(words: usize, lane: usize, byte: usize, word: usize) -> usize {
+        (lane * 256 + byte) * words + word
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,9 +696,11 @@ const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Ban>() == 8);
 const _: () = assert!(core::mem::size_of::<HintBlock>() == 256);
 const _: () = assert!(core::mem::size_of::<RateState>() == 24);
-const _: () = assert!(core::mem::size_of::<Dfa>() == 65_536);
+const _: () = assert!(
+    core::mem::size_of::<PatternSet>()
+        == 8 * (1 + (2 + PatternSet::STEP) * PatternSet::MAX_WORDS + PatternSet::LANE_WORDS)
+);
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
-const _: () = assert!(Dfa::STATES == 256);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -670,7 +714,7 @@ mod pod {
     unsafe impl aya::Pod for Ban {}
     unsafe impl aya::Pod for HintBlock {}
     unsafe impl aya::Pod for RateState {}
-    unsafe impl aya::Pod for Dfa {}
+    unsafe impl aya::Pod for PatternSet {}
     unsafe impl aya::Pod for Event {}
 }
 

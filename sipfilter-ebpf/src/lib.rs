@@ -5,5 +5,6 @@
 // `swar::opaque` needs inline assembly on the eBPF target (built with the nightly toolchain).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+pub mod matcher;
 pub mod sip;
 pub mod swar;

@@ -5,7 +5,7 @@
 //! can prove each read in bounds without following the parse, and every loop has a named bound.
 //! The caller copies at most [`SCAN_BYTES`] of the message and calls [`seal`] first.
 
-use sipfilter_common::{Dfa, Method, TOLL_PREFIX_MAX};
+use sipfilter_common::{Method, TOLL_PREFIX_MAX};
 
 use crate::swar::{
     bytes_equal, clear_first_flagged, first_flagged, fold_case, from_byte, low_bytes, opaque,
@@ -134,7 +134,7 @@ fn header_scan_steps(len: usize) -> usize {
     len.min(SCAN_BYTES) / 8 + 1 + MAX_HEADER_LINES
 }
 
-/// Bytes of a header value fed to a pattern automaton. User-Agent and From values are far
+/// Bytes of a header value the scanner patterns are matched in (`crate::matcher`). User-Agent and From values are far
 /// shorter; a longer value is inspected up to here.
 pub const MAX_VALUE_BYTES: usize = 256;
 
@@ -667,24 +667,6 @@ fn after_colon(buf: &ScanBuf, pos: usize) -> Option<usize> {
     } else {
         None
     }
-}
-
-/// Walks the automaton over a header value; true if any pattern occurs in it.
-#[inline(always)]
-pub fn dfa_matches(dfa: &Dfa, buf: &ScanBuf, value: Span) -> bool {
-    let mut state = 0usize;
-    let mut pos = value.start as usize;
-    // Opaque, so the loop's entry test is on the budget itself: LLVM would otherwise test
-    // `end > start` on other registers, and the verifier would walk a loop entered with a zero
-    // budget.
-    let mut budget = opaque((value.end.saturating_sub(value.start) as usize).min(MAX_VALUE_BYTES));
-    while budget != 0 {
-        budget -= 1;
-        let byte = byte_at(buf, pos) as usize;
-        state = dfa.next[((state << 8) | byte) & (Dfa::STATES * 256 - 1)] as usize;
-        pos = bounded(pos + 1);
-    }
-    state == Dfa::MATCH as usize
 }
 
 pub mod response;

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use sipfilter_common::{
-    ABI_VERSION, Config, Dfa, HintBlock, PORT_BLOCKS, PortBlock, RateParams, RuleKind, SourceKey,
-    TOLL_PREFIX_MAX, TRANSPORT_TCP, TRANSPORT_UDP, config_flags, hint, port_class,
+    ABI_VERSION, Config, HintBlock, PORT_BLOCKS, PatternSet, PortBlock, RateParams, RuleKind,
+    SourceKey, TOLL_PREFIX_MAX, TRANSPORT_TCP, TRANSPORT_UDP, config_flags, hint, port_class,
 };
 
 use crate::{
@@ -88,8 +88,8 @@ pub struct CompiledPolicy {
     pub deny: Vec<TrieKey>,
     /// Toll-fraud prefixes: `(prefix_len in bits, zero-padded bytes)`.
     pub toll: Vec<(u32, [u8; TOLL_PREFIX_MAX])>,
-    pub user_agents: Box<Dfa>,
-    pub from: Box<Dfa>,
+    pub user_agents: Box<PatternSet>,
+    pub from: Box<PatternSet>,
     /// Entries of the rate-limiter LRU (set at load time).
     pub max_sources: u32,
 }

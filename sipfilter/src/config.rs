@@ -1019,6 +1019,7 @@ impl Checker<'_> {
         let Some(list) = list else {
             return Ok(builtin);
         };
+        let span = list.span();
         let mut patterns = Vec::new();
         for (index, entry) in self.entries(key, list)?.into_iter().enumerate() {
             let pattern = entry.get_ref();
@@ -1045,6 +1046,21 @@ impl Checker<'_> {
                 ));
             }
             patterns.push(entry.into_inner());
+        }
+        // Every pattern is valid and non-empty here, so only the size can be refused.
+        let needed = crate::patterns::bits_needed(&patterns).unwrap_or(0);
+        if needed > crate::patterns::MAX_BITS {
+            return Err(self.error(
+                key.to_owned(),
+                &span,
+                format!(
+                    "the patterns are too long in all for the datapath's matcher: each takes its \
+                     length plus {} and they take {needed}, at most {} fit (duplicates and \
+                     patterns that contain another are not counted); shorten or remove patterns",
+                    crate::patterns::BITS_PER_PATTERN_EXTRA,
+                    crate::patterns::MAX_BITS
+                ),
+            ));
         }
         Ok(patterns)
     }
@@ -1717,6 +1733,30 @@ mode = "monitor"
         }
         let at_limit = "x".repeat(64);
         parse(&format!("[scanners]\nuser_agents = [\"{at_limit}\"]\n")).unwrap();
+    }
+
+    #[test]
+    fn patterns_too_long_in_all() {
+        // Disjoint 10-byte patterns take 17 bits each: 30 fit in 512, 31 do not.
+        let list = |count: usize| {
+            (0..count)
+                .map(|i| format!("\"{}{i:09}\"", char::from(b'a' + (i % 26) as u8)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        parse(&format!("[scanners]\nuser_agents = [{}]\n", list(30))).unwrap();
+        let message = error(
+            &format!("[scanners]\nmode = \"enforce\"\nfrom = [{}]\n", list(31)),
+            "scanners.from",
+            3,
+        );
+        assert!(message.contains("they take 527, at most 512"), "{message}");
+        // Repeats are not counted.
+        parse(&format!(
+            "[scanners]\nfrom = [{}]\n",
+            vec!["\"sipvicious\""; 100].join(", ")
+        ))
+        .unwrap();
     }
 
     #[test]

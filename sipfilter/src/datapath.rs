@@ -27,8 +27,8 @@ use aya::{
     },
 };
 use sipfilter_common::{
-    ABI_VERSION, Ban, Config, Dfa, HintBlock, PortBlock, STAGE_HEADERS, STAGE_SIP, SourceKey,
-    SourceRule, TOLL_PREFIX_MAX, capacity, hint, map_names, program_names, stats,
+    ABI_VERSION, Ban, Config, HintBlock, PatternSet, PortBlock, STAGE_HEADERS, STAGE_SIP,
+    SourceKey, SourceRule, TOLL_PREFIX_MAX, capacity, hint, map_names, program_names, stats,
 };
 
 use crate::compile::{CompiledPolicy, SourceLists, TrieKey, ban_hint_key, hint_blocks, source_key};
@@ -189,6 +189,22 @@ impl Datapath {
                  are reused as they are, so the new size applies after `sipfilter detach --all`",
                 info.max_entries()
             );
+        }
+        // Builds before the shift-or matcher pinned their pattern automata as `SF_PATTERNS`;
+        // nothing reads that map any more. (A program of such a build that is still attached
+        // keeps its own reference to the map until its link is taken over.)
+        let stale = pin_dir.join(map_names::PATTERNS_V1);
+        if stale.exists() {
+            match fs::remove_file(&stale) {
+                Ok(()) => log::info!(
+                    "removed {}, the pattern map of an earlier build",
+                    stale.display()
+                ),
+                Err(e) => log::warn!(
+                    "could not remove {}, the pattern map of an earlier build: {e}",
+                    stale.display()
+                ),
+            }
         }
         let found = datapath.config()?.abi_version;
         if found != 0 && found != ABI_VERSION {
@@ -457,11 +473,12 @@ impl Datapath {
     }
 
     fn write_patterns(&mut self, policy: &CompiledPolicy) -> Result<()> {
-        let mut map: Array<&mut MapData, Dfa> = Array::try_from(self.map_mut(map_names::PATTERNS))
+        let mut map: Array<&mut MapData, PatternSet> =
+            Array::try_from(self.map_mut(map_names::PATTERNS))
+                .map_err(map_error(map_names::PATTERNS))?;
+        map.set(PatternSet::USER_AGENT, policy.user_agents.as_ref(), 0)
             .map_err(map_error(map_names::PATTERNS))?;
-        map.set(Dfa::USER_AGENT, policy.user_agents.as_ref(), 0)
-            .map_err(map_error(map_names::PATTERNS))?;
-        map.set(Dfa::FROM, policy.from.as_ref(), 0)
+        map.set(PatternSet::FROM, policy.from.as_ref(), 0)
             .map_err(map_error(map_names::PATTERNS))
     }
 

@@ -1,146 +1,222 @@
-//! Compiles a scanner-pattern list (User-Agent or From substrings) into the [`Dfa`] table the
-//! datapath walks: an Aho-Corasick automaton over ASCII-lowercased bytes whose match states all
-//! collapse into the absorbing [`Dfa::MATCH`], so "contains one of the patterns" costs one table
-//! read per header byte and a single comparison at the end.
+//! Compiles a scanner-pattern list (User-Agent or From substrings) into the [`PatternSet`]
+//! tables of the datapath's multi-pattern shift-or matcher (`sipfilter_ebpf::matcher`; the
+//! layout and the step it computes are described on [`PatternSet`]).
 //!
-//! Built by hand rather than with the `aho-corasick` crate: the trie is counted before any dense
-//! table exists, so an over-long list is refused with the exact number of states it needs without
-//! first materialising a full automaton for it.
+//! The patterns share one state of at most [`PatternSet::MAX_BITS`] bits, and each takes its
+//! length plus 7 ([`BITS_PER_PATTERN_EXTRA`]). Before they are counted, patterns are lower-cased
+//! and duplicates and patterns that contain another pattern of the list are dropped: they can
+//! never change the outcome.
 
-use std::collections::BTreeMap;
+use sipfilter_common::PatternSet;
 
-use sipfilter_common::Dfa;
+/// State bits a pattern takes besides one per byte: the wildcards after its last byte that let
+/// the matcher see a match that ends anywhere in an 8-byte step.
+pub const BITS_PER_PATTERN_EXTRA: usize = PatternSet::STEP - 1;
 
-/// States available to the automaton besides [`Dfa::MATCH`].
-pub const MAX_STATES: usize = Dfa::MATCH as usize;
+/// State bits a list may take in all.
+pub const MAX_BITS: usize = PatternSet::MAX_BITS;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     #[error("pattern {index} is empty: it would match every header")]
     Empty { index: usize },
     #[error(
-        "the patterns need {needed} automaton states but at most {MAX_STATES} fit (about 250 \
-         pattern bytes in all; a prefix shared by several patterns counts once): shorten or \
-         remove patterns"
+        "the patterns need {needed} bits of matcher state but at most {MAX_BITS} fit (each \
+         pattern takes its length plus {BITS_PER_PATTERN_EXTRA}; duplicates and patterns that \
+         contain another are not counted): shorten or remove patterns"
     )]
-    TooManyStates { needed: usize },
+    TooLong { needed: usize },
 }
 
-#[derive(Default)]
-struct Node {
-    children: BTreeMap<u8, usize>,
-    /// A pattern ends here.
-    terminal: bool,
-}
-
-/// Compiles `patterns` into a table that ends a walk in [`Dfa::MATCH`] exactly when the walked
-/// text contains one of them, ASCII case-insensitively. An empty list gives an all-zero table,
-/// which never matches.
-pub fn compile(patterns: &[String]) -> Result<Box<Dfa>, PatternError> {
-    let mut trie = vec![Node::default()];
-    for (index, pattern) in patterns.iter().enumerate() {
-        if pattern.is_empty() {
-            return Err(PatternError::Empty { index });
+/// The patterns that decide a match: ASCII lower-cased, in list order, without duplicates and
+/// without any pattern that contains another one (the shorter one matches wherever it does).
+fn essential(patterns: &[String]) -> Result<Vec<Vec<u8>>, PatternError> {
+    let lowered: Vec<Vec<u8>> = patterns
+        .iter()
+        .map(|pattern| pattern.as_bytes().to_ascii_lowercase())
+        .collect();
+    if let Some(index) = lowered.iter().position(Vec::is_empty) {
+        return Err(PatternError::Empty { index });
+    }
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for (index, pattern) in lowered.iter().enumerate() {
+        let redundant = lowered.iter().enumerate().any(|(other_index, other)| {
+            other_index != index
+                && contains(pattern, other)
+                // Of two equal patterns, the first is kept.
+                && (other.len() < pattern.len() || other_index < index)
+        });
+        if !redundant {
+            kept.push(pattern.clone());
         }
-        let mut node = 0;
-        for byte in pattern.bytes().map(|b| b.to_ascii_lowercase()) {
-            node = match trie[node].children.get(&byte) {
-                Some(&child) => child,
-                None => {
-                    trie.push(Node::default());
-                    let child = trie.len() - 1;
-                    trie[node].children.insert(byte, child);
-                    child
+    }
+    Ok(kept)
+}
+
+fn contains(text: &[u8], pattern: &[u8]) -> bool {
+    text.windows(pattern.len()).any(|window| window == pattern)
+}
+
+/// State bits `patterns` need in the matcher; a list fits if this is at most [`MAX_BITS`].
+pub fn bits_needed(patterns: &[String]) -> Result<usize, PatternError> {
+    Ok(essential(patterns)?
+        .iter()
+        .map(|pattern| pattern.len() + BITS_PER_PATTERN_EXTRA)
+        .sum())
+}
+
+/// A state of [`MAX_BITS`] bits, bit `b` in word `b / 64`.
+type Bits = [u64; PatternSet::MAX_WORDS];
+
+fn set_bit(bits: &mut Bits, bit: usize) {
+    bits[bit / 64] |= 1 << (bit % 64);
+}
+
+/// `bits << shift` for a shift below 64.
+fn shl(bits: &Bits, shift: u32) -> Bits {
+    let mut out = [0; PatternSet::MAX_WORDS];
+    for word in 0..PatternSet::MAX_WORDS {
+        out[word] = bits[word] << shift;
+        if word > 0 && shift > 0 {
+            out[word] |= bits[word - 1] >> (64 - shift);
+        }
+    }
+    out
+}
+
+fn and(a: &Bits, b: &Bits) -> Bits {
+    std::array::from_fn(|word| a[word] & b[word])
+}
+
+/// Compiles `patterns` into the matcher's tables: a walk over a text reports a match exactly
+/// when the text contains one of them, ASCII case-insensitively. An empty list gives
+/// `words == 0`, which never matches.
+pub fn compile(patterns: &[String]) -> Result<Box<PatternSet>, PatternError> {
+    let kept = essential(patterns)?;
+    let needed: usize = kept
+        .iter()
+        .map(|pattern| pattern.len() + BITS_PER_PATTERN_EXTRA)
+        .sum();
+    if needed > MAX_BITS {
+        return Err(PatternError::TooLong { needed });
+    }
+    // SAFETY: `PatternSet` is plain integers, for which all zeros is a valid value. Allocated
+    // zeroed rather than built on the stack: it is over 128 KiB.
+    let mut set: Box<PatternSet> = unsafe { Box::<PatternSet>::new_zeroed().assume_init() };
+    if kept.is_empty() {
+        return Ok(set);
+    }
+    // The datapath has a loop for 1 to 4 words and one for 8.
+    let words = match needed.div_ceil(64) {
+        words @ 1..=4 => words,
+        _ => PatternSet::MAX_WORDS,
+    };
+    set.words = words as u64;
+
+    // Where each pattern's bits start, and for every byte value the bits of the pattern
+    // positions it does not match (either case).
+    let mut starts = [0; PatternSet::MAX_WORDS];
+    let mut end_mask = [0; PatternSet::MAX_WORDS];
+    // The mismatch mask of a byte that no pattern has: every pattern byte.
+    let mut nothing = [0; PatternSet::MAX_WORDS];
+    let mut mismatch = vec![[0u64; PatternSet::MAX_WORDS]; 256];
+    let mut first = 0;
+    for pattern in &kept {
+        set_bit(&mut starts, first);
+        for (offset, &expected) in pattern.iter().enumerate() {
+            set_bit(&mut nothing, first + offset);
+            for byte in 0..=255u8 {
+                if byte.to_ascii_lowercase() != expected {
+                    set_bit(&mut mismatch[usize::from(byte)], first + offset);
                 }
-            };
+            }
         }
-        trie[node].terminal = true;
+        for wildcard in 0..PatternSet::STEP {
+            set_bit(&mut end_mask, first + pattern.len() - 1 + wildcard);
+        }
+        first += pattern.len() + BITS_PER_PATTERN_EXTRA;
     }
 
-    // Breadth-first, so a node's failure link (a shorter string) is settled before the node.
-    // Children of match nodes are never entered: the datapath stops in MATCH before reaching
-    // them, and they would only inflate the state count.
-    let mut fail = vec![0; trie.len()];
-    let mut is_match = vec![false; trie.len()];
-    // Nodes a text can reach without passing a match, in state-number order.
-    let mut order = vec![0];
-    let mut head = 0;
-    while let Some(&node) = order.get(head) {
-        head += 1;
-        for (&byte, &child) in &trie[node].children {
-            fail[child] = if node == 0 {
-                0
-            } else {
-                goto(&trie, &fail, fail[node], byte)
-            };
-            is_match[child] = trie[child].terminal || is_match[fail[child]];
-            if !is_match[child] {
-                order.push(child);
+    // `fresh[k]` clears the first `k` bits of every pattern: after a shift by `k` they hold the
+    // bits of the pattern before it, and for this pattern they stand for a match that starts
+    // within the step (alive, 0).
+    let not_starts: Bits = std::array::from_fn(|word| !starts[word]);
+    let mut fresh = vec![[u64::MAX; PatternSet::MAX_WORDS]];
+    for k in 1..=PatternSet::STEP {
+        let previous = fresh[k - 1];
+        fresh.push(and(&previous, &shl(&not_starts, (k - 1) as u32)));
+    }
+
+    set.shift_mask = fresh[PatternSet::STEP];
+    set.end_mask = end_mask;
+    // The byte at `lane` is followed by `STEP - 1 - lane` more bytes in its step.
+    let lane_bits = |lane: usize, bits: &Bits| {
+        let shift = PatternSet::STEP - 1 - lane;
+        and(&shl(bits, shift as u32), &fresh[shift])
+    };
+    for lane in 0..PatternSet::STEP {
+        for (byte, bits) in mismatch.iter().enumerate() {
+            let shifted = lane_bits(lane, bits);
+            for (word, value) in shifted.iter().enumerate().take(words) {
+                set.lanes[PatternSet::lane_index(words, lane, byte, word)] = *value;
             }
         }
     }
-    if order.len() > MAX_STATES {
-        return Err(PatternError::TooManyStates {
-            needed: order.len(),
-        });
-    }
-
-    let mut state = vec![Dfa::MATCH; trie.len()];
-    for (number, &node) in order.iter().enumerate() {
-        state[node] = number as u8;
-    }
-    let mut dfa = Box::new(Dfa {
-        next: [0; Dfa::STATES * 256],
-    });
-    for (number, &node) in order.iter().enumerate() {
-        for byte in 0..=255u8 {
-            let next = match trie[node].children.get(&byte.to_ascii_lowercase()) {
-                Some(&child) => state[child],
-                None if node == 0 => 0,
-                // The failure node comes earlier in `order`, so its row is complete.
-                None => dfa.next[usize::from(state[fail[node]]) * 256 + usize::from(byte)],
-            };
-            dfa.next[number * 256 + usize::from(byte)] = next;
+    for valid in 1..PatternSet::STEP {
+        for lane in valid..PatternSet::STEP {
+            let shifted = lane_bits(lane, &nothing);
+            for (word, value) in shifted.iter().enumerate() {
+                set.tail[valid][word] |= value;
+            }
         }
     }
-    // An empty list leaves the table all zero, so it reads as "no automaton" as well.
-    if !patterns.is_empty() {
-        let row = usize::from(Dfa::MATCH) * 256;
-        dfa.next[row..row + 256].fill(Dfa::MATCH);
-    }
-    Ok(dfa)
-}
-
-/// Aho-Corasick goto along failure links: the node reached from `node` on `byte`.
-fn goto(trie: &[Node], fail: &[usize], mut node: usize, byte: u8) -> usize {
-    loop {
-        if let Some(&child) = trie[node].children.get(&byte) {
-            return child;
-        }
-        if node == 0 {
-            return 0;
-        }
-        node = fail[node];
-    }
+    Ok(set)
 }
 
 #[cfg(test)]
 mod tests {
+    use sipfilter_ebpf::{
+        matcher,
+        sip::{self, MAX_VALUE_BYTES, SCAN_BYTES, ScanBuf, Span},
+    };
+
     use super::*;
     use crate::config::Scanners;
 
-    fn walk(dfa: &Dfa, text: &[u8]) -> bool {
-        let state = text.iter().fold(0u8, |state, &byte| {
-            dfa.next[usize::from(state) * 256 + usize::from(byte)]
-        });
-        state == Dfa::MATCH
+    /// `text` in a scan buffer at `offset`, followed by `filler` up to the end of the buffer
+    /// (the bytes after a header value are the rest of the message), as the datapath sees it.
+    fn buffer(offset: usize, text: &[u8], filler: u8) -> Box<ScanBuf> {
+        // SAFETY: `ScanBuf` is plain integers; all zeros is a valid value.
+        let mut buf: Box<ScanBuf> = unsafe { Box::<ScanBuf>::new_zeroed().assume_init() };
+        let mut bytes = vec![filler; SCAN_BYTES];
+        bytes[offset..offset + text.len()].copy_from_slice(text);
+        for (word, chunk) in buf.words.iter_mut().zip(bytes.chunks(8)) {
+            *word = u64::from_le_bytes(chunk.try_into().unwrap());
+        }
+        sip::seal(&mut buf, SCAN_BYTES);
+        buf
     }
 
+    fn walk(set: &PatternSet, offset: usize, text: &[u8], filler: u8) -> bool {
+        let buf = buffer(offset, text, filler);
+        let value = Span {
+            start: offset as u64,
+            end: (offset + text.len()) as u64,
+        };
+        matcher::matches(set, &buf, value)
+    }
+
+    fn matches(set: &PatternSet, text: &[u8]) -> bool {
+        walk(set, 100, text, b'\n')
+    }
+
+    /// What the datapath must compute: a pattern occurs, ASCII case-insensitively, within the
+    /// first `MAX_VALUE_BYTES` bytes of the value.
     fn naive(patterns: &[String], text: &[u8]) -> bool {
-        let text = text.to_ascii_lowercase();
+        let text = text[..text.len().min(MAX_VALUE_BYTES)].to_ascii_lowercase();
         patterns.iter().any(|pattern| {
             let pattern = pattern.as_bytes().to_ascii_lowercase();
-            text.windows(pattern.len()).any(|window| window == pattern)
+            contains(&text, &pattern)
         })
     }
 
@@ -174,85 +250,158 @@ mod tests {
             let len = min + self.below(max - min + 1);
             (0..len).map(|_| self.byte()).collect()
         }
-    }
 
-    #[test]
-    fn agrees_with_naive_search() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for _ in 0..2_000 {
-            let patterns: Vec<String> = (0..1 + rng.below(6))
-                .map(|_| {
-                    let bytes = rng.bytes(1, 5);
-                    // Patterns are strings: keep the ASCII bytes, and never leave one empty.
-                    let ascii: String = bytes
-                        .iter()
-                        .filter(|b| b.is_ascii())
-                        .map(|&b| b as char)
-                        .collect();
-                    if ascii.is_empty() {
-                        "a".to_owned()
-                    } else {
-                        ascii
-                    }
-                })
+        /// A pattern as the policy allows one: ASCII, no CR, LF or NUL.
+        fn pattern(&mut self, max: usize) -> String {
+            let bytes = self.bytes(1, max);
+            let ascii: String = bytes
+                .iter()
+                .filter(|b| b.is_ascii() && !matches!(b, b'\r' | b'\n' | 0))
+                .map(|&b| b as char)
                 .collect();
-            let dfa = compile(&patterns).unwrap();
-            assert!(dfa.next[255 * 256..].iter().all(|&next| next == Dfa::MATCH));
-            for _ in 0..50 {
-                let text = rng.bytes(0, 24);
-                assert_eq!(
-                    walk(&dfa, &text),
-                    naive(&patterns, &text),
-                    "patterns {patterns:?}, text {text:?}"
-                );
+            if ascii.is_empty() {
+                "a".to_owned()
+            } else {
+                ascii
             }
         }
     }
 
     #[test]
+    fn agrees_with_naive_search() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut hits, mut misses) = (0, 0);
+        let mut widths = std::collections::BTreeSet::new();
+        for round in 0..3_000 {
+            // Short patterns over a small alphabet (many matches), some lists long enough for
+            // several state words, and every state width the datapath has.
+            let count = 1 + rng.below(if round % 3 == 0 { 40 } else { 6 });
+            let max_len = if round % 5 == 0 { 64 } else { 6 };
+            let mut patterns: Vec<String> = (0..count).map(|_| rng.pattern(max_len)).collect();
+            while bits_needed(&patterns).unwrap() > MAX_BITS {
+                patterns.pop();
+            }
+            let set = compile(&patterns).unwrap();
+            widths.insert(set.words);
+            for _ in 0..20 {
+                let max_text = if rng.below(4) == 0 { 300 } else { 40 };
+                let text = rng.bytes(0, max_text);
+                let offset = rng.below(SCAN_BYTES - 300);
+                // A filler that continues the patterns must not complete one past the end.
+                let filler = [b'a', b'\n', 0][rng.below(3)];
+                let expected = naive(&patterns, &text);
+                if expected {
+                    hits += 1;
+                } else {
+                    misses += 1;
+                }
+                assert_eq!(
+                    walk(&set, offset, &text, filler),
+                    expected,
+                    "patterns {patterns:?}, text {:?} at {offset}, filler {filler}",
+                    String::from_utf8_lossy(&text)
+                );
+            }
+        }
+        // The generator must give both outcomes, and lists of every width the datapath has.
+        assert!(
+            hits > 10_000 && misses > 10_000,
+            "{hits} hits, {misses} misses"
+        );
+        assert_eq!(widths.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 8]);
+    }
+
+    #[test]
+    fn every_width_is_exercised() {
+        // One pattern per 64-bit word: 57 bytes plus 7 wildcards.
+        for (count, words) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 8), (8, 8)] {
+            let patterns: Vec<String> = (0..count)
+                .map(|i| format!("{}{}", char::from(b'a' + i as u8), "x".repeat(56)))
+                .collect();
+            let set = compile(&patterns).unwrap();
+            assert_eq!(set.words, words, "{count} patterns");
+            for pattern in &patterns {
+                let text = format!("<{}>", pattern.to_uppercase());
+                assert!(matches(&set, text.as_bytes()), "{count}: {pattern}");
+                assert!(!matches(&set, &text.as_bytes()[..text.len() - 2]));
+            }
+        }
+    }
+
+    #[test]
+    fn value_limit_is_exact() {
+        let set = compile(&["sipvicious".to_owned()]).unwrap();
+        for end in [MAX_VALUE_BYTES - 1, MAX_VALUE_BYTES, MAX_VALUE_BYTES + 1] {
+            let mut text = vec![b'x'; end - 10];
+            text.extend_from_slice(b"SIPVicious");
+            text.extend_from_slice(b"yyyy");
+            assert_eq!(
+                matches(&set, &text),
+                end <= MAX_VALUE_BYTES,
+                "ends at {end}"
+            );
+        }
+    }
+
+    #[test]
     fn empty_list_never_matches() {
-        let dfa = compile(&[]).unwrap();
-        assert!(dfa.next.iter().all(|&next| next == 0));
-        assert!(!walk(&dfa, b"friendly-scanner"));
+        let set = compile(&[]).unwrap();
+        assert_eq!(set.words, 0);
+        assert!(!matches(&set, b"friendly-scanner"));
     }
 
     #[test]
     fn builtin_lists_fit_and_match() {
         let scanners = Scanners::default();
+        assert_eq!(bits_needed(&scanners.user_agents), Ok(172));
         let user_agents = compile(&scanners.user_agents).unwrap();
-        assert!(walk(&user_agents, b"Friendly-Scanner/1.0"));
-        assert!(walk(&user_agents, b"sipcli/v1.8"));
-        assert!(!walk(&user_agents, b"Asterisk PBX 20.5.0"));
+        assert_eq!(user_agents.words, 3);
+        assert!(matches(&user_agents, b"Friendly-Scanner/1.0"));
+        assert!(matches(&user_agents, b"sipcli/v1.8"));
+        assert!(matches(&user_agents, b"x smap"));
+        assert!(!matches(&user_agents, b"Asterisk PBX 20.5.0"));
+        assert!(!matches(&user_agents, b"Linphone/5.2.5 (belle-sip/5.2.4)"));
         let from = compile(&scanners.from).unwrap();
-        assert!(walk(&from, b"\"sipvicious\"<sip:100@1.1.1.1>;tag=1"));
-        assert!(!walk(&from, b"<sip:alice@example.com>;tag=2"));
+        assert_eq!(from.words, 1);
+        assert!(matches(&from, b"\"sipvicious\"<sip:100@1.1.1.1>;tag=1"));
+        assert!(!matches(&from, b"<sip:alice@example.com>;tag=2"));
+    }
+
+    #[test]
+    fn redundant_patterns_are_not_counted() {
+        let patterns = |list: &[&str]| list.iter().map(|&p| p.to_owned()).collect::<Vec<_>>();
+        assert_eq!(bits_needed(&patterns(&["abc"])), Ok(10));
+        assert_eq!(
+            bits_needed(&patterns(&["abc", "ABC", "xabcx", "abc"])),
+            Ok(10)
+        );
+        assert_eq!(bits_needed(&patterns(&["xabcx", "abc"])), Ok(10));
+        assert_eq!(bits_needed(&patterns(&["ab", "bc"])), Ok(18));
     }
 
     #[test]
     fn empty_pattern_is_refused() {
         let patterns = ["sipcli".to_owned(), String::new()];
-        // `Dfa` has no Debug, so no `unwrap_err`.
+        // `PatternSet` has no Debug, so no `unwrap_err`.
         let error = compile(&patterns).err();
         assert_eq!(error, Some(PatternError::Empty { index: 1 }));
     }
 
     #[test]
-    fn too_many_states_is_refused() {
-        // Disjoint 10-byte patterns: 10 states each after the shared start, none of them a prefix
-        // of another. 25 of them need 1 + 25 * 9 = 226 states (the last byte of each is the match
-        // state); 29 need 262.
+    fn too_long_is_refused() {
+        // Disjoint 10-byte patterns take 17 bits each: 30 fit in 512 bits, 31 do not.
         let patterns = |count: usize| -> Vec<String> {
             (0..count)
-                .map(|i| format!("{}{:09}", char::from(b'a' + i as u8), i))
+                .map(|i| format!("{}{:09}", char::from(b'a' + (i % 26) as u8), i))
                 .collect()
         };
-        assert!(compile(&patterns(25)).is_ok());
-        let error = compile(&patterns(29))
+        assert!(compile(&patterns(30)).is_ok());
+        let error = compile(&patterns(31))
             .err()
-            .expect("29 patterns should not fit");
-        assert_eq!(error, PatternError::TooManyStates { needed: 262 });
+            .expect("31 patterns should not fit");
+        assert_eq!(error, PatternError::TooLong { needed: 527 });
         let message = error.to_string();
-        assert!(message.contains("need 262 automaton states"), "{message}");
-        assert!(message.contains("at most 255"), "{message}");
+        assert!(message.contains("need 527 bits"), "{message}");
+        assert!(message.contains("at most 512"), "{message}");
     }
 }

@@ -1694,6 +1694,32 @@ fn sip_rules() {
                 drops(Reason::ScannerUserAgent),
             ));
         }
+        // Only the first 256 bytes of a value are matched (`MAX_VALUE_BYTES`); the value
+        // starts right after the colon, so it holds the blank too.
+        let padded = |pad: usize| format!("{}friendly-scanner", "x".repeat(pad));
+        for (case, user_agent, expect) in [
+            (
+                "scanner pattern ending at value byte 256",
+                padded(256 - 1 - 16),
+                drops(Reason::ScannerUserAgent),
+            ),
+            (
+                "scanner pattern ending at value byte 257",
+                padded(256 - 16),
+                passes(Reason::SipOk),
+            ),
+            (
+                "scanner pattern at the start of a 400-byte value",
+                format!("sipcli/{}", "y".repeat(393)),
+                drops(Reason::ScannerUserAgent),
+            ),
+        ] {
+            rows.push(row(
+                format!("{case} {f}"),
+                udp(src, SIP_PORT, &ua(&user_agent)).build(),
+                expect,
+            ));
+        }
         for user_agent in [
             "Zoiper rv2.10.20",
             "Linphone/5.2.0 (belle-sip/5.2.0)",

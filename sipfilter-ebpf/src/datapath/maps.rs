@@ -12,8 +12,8 @@ use sipfilter_ebpf::sip::ScanBuf;
 
 use super::{egress::EgressHandoff, sip::Handoff};
 use sipfilter_common::{
-    Ban, Config, Dfa, HintBlock, PORT_BLOCKS, PortBlock, RateState, STAGES, SourceKey, SourceRule,
-    TOLL_PREFIX_MAX, capacity, hint, stats,
+    Ban, Config, HintBlock, PORT_BLOCKS, PatternSet, PortBlock, RateState, STAGES, SourceKey,
+    SourceRule, TOLL_PREFIX_MAX, capacity, hint, stats,
 };
 
 /// Run-time settings: one [`Config`], replaced whole by userspace.
@@ -57,9 +57,10 @@ pub static SF_RATE: LruHashMap<SourceKey, RateState> =
 pub static SF_TOLL: LpmTrie<[u8; TOLL_PREFIX_MAX], u8> =
     LpmTrie::pinned(capacity::TOLL_PREFIXES, 0);
 
-/// Scanner pattern automata: [`Dfa::USER_AGENT`] and [`Dfa::FROM`].
+/// Scanner pattern lists, compiled for the shift-or matcher: [`PatternSet::USER_AGENT`] and
+/// [`PatternSet::FROM`]. (`SF_PATTERNS` of earlier builds held automata of another layout.)
 #[map]
-pub static SF_PATTERNS: Array<Dfa> = Array::pinned(Dfa::LISTS, 0);
+pub static SF_PATTERNS_V2: Array<PatternSet> = Array::pinned(PatternSet::LISTS, 0);
 
 /// Per-CPU copy of the SIP message being inspected (too large for the stack).
 #[map]

@@ -9,15 +9,19 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use sipfilter_common::{
-    Config, Dfa, EventKind, Method, Reason, RuleKind, TOLL_PREFIX_MAX, TRANSPORT_TCP, config_flags,
+    Config, EventKind, Method, PatternSet, Reason, RuleKind, TOLL_PREFIX_MAX, TRANSPORT_TCP,
+    config_flags,
 };
-use sipfilter_ebpf::sip::{self as parser, RequestHeaders, SCAN_BYTES, ScanBuf, wanted};
+use sipfilter_ebpf::{
+    matcher,
+    sip::{self as parser, RequestHeaders, SCAN_BYTES, ScanBuf, wanted},
+};
 
 use super::{
     events::{Occurrence, emit},
     ip::{Network, Origin},
     l4::Transport,
-    maps::{LpmKey, SF_CONFIG, SF_HANDOFF, SF_PATTERNS, SF_SCRATCH, SF_TOLL},
+    maps::{LpmKey, SF_CONFIG, SF_HANDOFF, SF_PATTERNS_V2, SF_SCRATCH, SF_TOLL},
     rate::{self, Verdict},
     source::source_key,
     stats::{count_method, count_monitored},
@@ -203,7 +207,7 @@ pub fn inspect(ctx: &XdpContext) -> Stage {
 }
 
 /// The header-scan program's body: finds User-Agent and From and matches them against the
-/// scanner automata.
+/// scanner pattern lists.
 #[inline(always)]
 pub fn scan_headers() -> Reason {
     let Some((buf, handoff, config)) = slots() else {
@@ -228,12 +232,12 @@ pub fn scan_headers() -> Reason {
     let checks = [
         (
             headers.value(RequestHeaders::USER_AGENT),
-            Dfa::USER_AGENT,
+            PatternSet::USER_AGENT,
             Reason::ScannerUserAgent,
         ),
         (
             headers.value(RequestHeaders::FROM),
-            Dfa::FROM,
+            PatternSet::FROM,
             Reason::ScannerFrom,
         ),
     ];
@@ -241,10 +245,10 @@ pub fn scan_headers() -> Reason {
         if !value.is_present() {
             continue;
         }
-        let Some(dfa) = SF_PATTERNS.get(list) else {
+        let Some(set) = SF_PATTERNS_V2.get(list) else {
             continue;
         };
-        if parser::dfa_matches(dfa, buf, value) {
+        if matcher::matches(set, buf, value) {
             let monitored = monitored(config, RuleKind::Scanner);
             emit(
                 &Occurrence {

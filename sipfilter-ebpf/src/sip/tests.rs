@@ -332,52 +332,6 @@ fn uri_user_for_toll_fraud() {
     }
 }
 
-#[test]
-fn dfa_walk_matches_only_absorbing_state() {
-    // A hand-built automaton for the single pattern "ab" (case-folded).
-    let mut dfa = Dfa {
-        next: [0; Dfa::STATES * 256],
-    };
-    for state in 0..3usize {
-        for byte in 0..256usize {
-            let lower = (byte as u8).to_ascii_lowercase();
-            let next = match (state, lower) {
-                (2, _) => Dfa::MATCH,
-                (_, b'a') => 1,
-                (1, b'b') => Dfa::MATCH,
-                _ => 0,
-            };
-            let state_id = if state == 2 {
-                Dfa::MATCH as usize
-            } else {
-                state
-            };
-            dfa.next[state_id * 256 + byte] = next;
-        }
-    }
-    for byte in 0..256 {
-        dfa.next[Dfa::MATCH as usize * 256 + byte] = Dfa::MATCH;
-    }
-    let (buf, len) = buffer(b"xxAB yy");
-    assert!(dfa_matches(
-        &dfa,
-        &buf,
-        Span {
-            start: 1,
-            end: len as u64
-        }
-    ));
-    assert!(!dfa_matches(&dfa, &buf, Span { start: 1, end: 3 }));
-    assert!(!dfa_matches(
-        &dfa,
-        &buf,
-        Span {
-            start: 3,
-            end: len as u64
-        }
-    ));
-}
-
 /// Property: for any bytes, the parser never panics and every span it reports lies inside the
 /// message, after the start line.
 #[test]

@@ -99,6 +99,7 @@ const DENIED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
 const REGISTER_BASE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 0);
 const SCANNER_BASE: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 0);
 const DRAINED_BASE: Ipv4Addr = Ipv4Addr::new(10, 3, 0, 0);
+const UNMATCHED_BASE: Ipv4Addr = Ipv4Addr::new(10, 4, 0, 0);
 const INVITE_SUBNET: [u16; 3] = [0x2001, 0xdb8, 0x4000];
 /// What the INVITE's own SIP headers and SDP say (a host in the first of those /64s).
 const INVITE_HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x4000, 1, 0, 0, 0, 0xa);
@@ -236,6 +237,19 @@ fn register_400() -> Vec<u8> {
     .build()
 }
 
+/// `register_400` with its User-Agent and From header names changed by one letter
+/// (`User-Agenx`, `Xrom`): the same lines for the header scan to walk, but no value for the
+/// scanner patterns to be matched in.
+fn register_400_unmatched() -> Vec<u8> {
+    let text = String::from_utf8(register_400()).expect("the builder writes text");
+    let renamed = text
+        .replacen("\r\nUser-Agent: ", "\r\nUser-Agenx: ", 1)
+        .replacen("\r\nFrom: ", "\r\nXrom: ", 1);
+    assert_ne!(renamed, text);
+    assert_eq!(renamed.len(), text.len());
+    renamed.into_bytes()
+}
+
 /// What SIPVicious `svwar` sends while it enumerates extensions: a REGISTER, padded to 1 KB,
 /// with the scanner's User-Agent as the very last header (the longest header scan).
 fn scanner_1k() -> Vec<u8> {
@@ -298,6 +312,7 @@ fn cases(slots: usize) -> Vec<Case> {
     let scan = sip_messages::sipvicious_options();
     let denied = Packet::udp4(DENIED_V4, PBX_V4, 5060, 5060, &scan).build();
     let register = register_400();
+    let unmatched = register_400_unmatched();
     let scanner = scanner_1k();
     let invite = invite_v6();
     let keepalive = b"\r\n\r\n";
@@ -385,6 +400,28 @@ fn cases(slots: usize) -> Vec<Case> {
                 "register_400_no_scan",
                 Program::Datapath(NO_SCAN),
                 register_from(REGISTER_BASE),
+            )
+        },
+        Case {
+            diagnostic: true,
+            what: "register_400 with User-Agent and From renamed: header scan, no pattern match"
+                .into(),
+            sip_len: Some(unmatched.len()),
+            reason: Some(Reason::SipOk),
+            method: Some(Method::Register),
+            ..case(
+                "register_400_unmatched",
+                datapath,
+                per_slot(&|n| {
+                    Packet::udp4(
+                        nth_v4(UNMATCHED_BASE, n + 1),
+                        PBX_V4,
+                        5060,
+                        5060,
+                        &unmatched,
+                    )
+                    .build()
+                }),
             )
         },
         Case {
@@ -664,12 +701,20 @@ fn bench(args: &Args) -> Result<()> {
 
     eprintln!("loading the datapaths and the trivial program");
     let mut programs = Programs::load()?;
+    // Reported before the path checks too, so a build that measures the wrong path still shows
+    // what the verifier made of it.
+    let sizes = program_sizes(&mut programs)?;
+    for size in &sizes {
+        let insns = size
+            .verified_insns
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        eprintln!("  {}: {insns} verified instructions", size.name);
+    }
 
     eprintln!("verifying the path of every packet");
     for case in &cases {
         verify(case, &mut programs)?;
     }
-    let sizes = program_sizes(&mut programs)?;
 
     let before: Vec<Vec<u64>> = programs
         .datapaths
@@ -780,7 +825,7 @@ fn print_report(
     for case in cases {
         let sip = case.sip_len.map_or(String::new(), |len| len.to_string());
         println!(
-            "  {:<20} {:>5} {sip:>5}  {}",
+            "  {:<22} {:>5} {sip:>5}  {}",
             case.key,
             case.packet(0).len(),
             case.what
@@ -793,7 +838,7 @@ fn print_report(
         runs(args.runs)
     );
     println!(
-        "  {:<20} {:>7} {:>7} {:>7} {:>8} {:>6}  {:<10} verdict",
+        "  {:<22} {:>7} {:>7} {:>7} {:>8} {:>6}  {:<10} verdict",
         "case", "min", "median", "max", "+trivial", "ratio", "target"
     );
     for (index, case) in cases.iter().enumerate() {
@@ -802,7 +847,7 @@ fn print_report(
         }
         let summary = summarize(&case.samples);
         let mut row = format!(
-            "  {:<20} {:>7.1} {:>7.1} {:>7.1}",
+            "  {:<22} {:>7.1} {:>7.1} {:>7.1}",
             case.key, summary.min, summary.median, summary.max
         );
         if case.is_datapath() {
@@ -884,6 +929,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(sip("register_400"), 400);
+        assert_eq!(sip("register_400_unmatched"), 400);
         assert_eq!(sip("scanner_1k"), 1024);
         assert!(scanner_1k().ends_with(b"User-Agent: friendly-scanner\r\n\r\n"));
         for case in &cases {
