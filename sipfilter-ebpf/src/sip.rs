@@ -182,12 +182,30 @@ pub fn byte_at(buf: &ScanBuf, pos: usize) -> u8 {
 /// Position of the first `byte` (not zero) at or after `from` and before `len`.
 #[inline(always)]
 pub fn find_byte(buf: &mut ScanBuf, from: usize, len: usize, byte: u8) -> Option<usize> {
+    // Bounded for the verifier whatever `len` the caller passes: it walks the loop until the
+    // budget runs out on its first path.
+    scan_for(buf, from, len, byte, len.min(SCAN_BYTES) / 8 + 1)
+}
+
+/// [`find_byte`] within a header value (`from..end`), looking at most [`MAX_VALUE_BYTES`]
+/// bytes ahead: a loop of a few steps instead of one sized for the whole window, which keeps
+/// programs that search several values well within the verifier's budget.
+#[inline(always)]
+pub fn find_in_value(buf: &mut ScanBuf, from: usize, end: usize, byte: u8) -> Option<usize> {
+    scan_for(
+        buf,
+        from,
+        end,
+        byte,
+        end.saturating_sub(from).min(MAX_VALUE_BYTES) / 8 + 2,
+    )
+}
+
+#[inline(always)]
+fn scan_for(buf: &mut ScanBuf, from: usize, len: usize, byte: u8, steps: usize) -> Option<usize> {
     let mut index = from >> 3;
     let mut mask = bytes_equal(word(buf, index), byte) & from_byte(from & 7);
-    // Bounded for the verifier whatever `len` the caller passes (a header's end read back from
-    // the scan buffer is any value as far as it knows): it walks the loop until the budget
-    // runs out on its first path.
-    let mut budget = opaque(len.min(SCAN_BYTES) / 8 + 1);
+    let mut budget = opaque(steps);
     while budget != 0 {
         budget -= 1;
         if mask != 0 {

@@ -14,7 +14,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use sipfilter_common::{Method, Reason, stats};
+use sipfilter_common::{Method, Reason, ResponseClass, stats};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -141,6 +141,17 @@ impl Collector for SnapshotCollector {
         )?;
         counters(
             &mut encoder,
+            "sipfilter_answers",
+            "SIP responses the host sent from its SIP ports, as the egress watcher classified \
+             them (challenge: 401/407; rejection: 403/404/484 to REGISTER, INVITE, OPTIONS, \
+             SUBSCRIBE; success: 2xx to REGISTER or INVITE)",
+            ResponseClass::ALL.into_iter().filter_map(|class| {
+                let count = slot(stats::RESPONSE_BASE + class as u32)?;
+                Some((vec![("class", class.name())], count))
+            }),
+        )?;
+        counters(
+            &mut encoder,
             "sipfilter_rate_limited",
             "Requests dropped for exceeding their source's rate, by method",
             [
@@ -168,7 +179,8 @@ impl Collector for SnapshotCollector {
         gauges(
             &mut encoder,
             "sipfilter_list_entries",
-            "Entries of the source lists, by kind (allow, deny) and origin (policy, cli, dns)",
+            "Entries of the source lists, by kind (allow, deny) and origin (policy, cli, dns, \
+             learned)",
             snapshot.entries.iter().map(|(kind, origin, count)| {
                 (
                     vec![("kind", kind.as_str()), ("origin", origin.as_str())],

@@ -6,7 +6,7 @@
 use sipfilter_common::{Method, ResponseClass, TOLL_PREFIX_MAX};
 
 use super::{
-    HeaderSet, ScanBuf, Span, after_colon, byte_at, find_byte, load8, match_method, uri_user,
+    HeaderSet, ScanBuf, Span, after_colon, byte_at, find_in_value, load8, match_method, uri_user,
 };
 use crate::swar::{bytes_equal, first_flagged, fold_case, low_bytes, word_of};
 
@@ -31,30 +31,22 @@ impl HeaderSet for ResponseHeaders {
     #[inline(always)]
     fn classify(buf: &ScanBuf, line: usize, head: u64, wanted: u64) -> Option<(usize, usize)> {
         let name = fold_case(head);
-        let wants = |index: usize| wanted & super::wanted(index) != 0;
-        match name as u8 {
-            b'c' => {
-                if wants(Self::CSEQ) && name & low_bytes(4) == CSEQ {
-                    return after_colon(buf, line + 4).map(|value| (Self::CSEQ, value));
-                }
-                if wants(Self::CONTACT) && name & low_bytes(7) == CONTACT {
-                    return after_colon(buf, line + 7).map(|value| (Self::CONTACT, value));
-                }
-            }
+        // The header and its name's length first, the colon once: every way through the names
+        // then shares one copy of `after_colon` (fewer instructions for the verifier to walk).
+        let (index, name_len) = match name as u8 {
+            b'c' if name & low_bytes(4) == CSEQ => (Self::CSEQ, 4),
+            b'c' if name & low_bytes(7) == CONTACT => (Self::CONTACT, 7),
             // `m` is Contact's compact form, `t` To's (RFC 3261 section 7.3.3).
-            b'm' if wants(Self::CONTACT) => {
-                return after_colon(buf, line + 1).map(|value| (Self::CONTACT, value));
-            }
-            b't' if wants(Self::TO) => {
-                let name_len = if name & low_bytes(2) == TO { 2 } else { 1 };
-                return after_colon(buf, line + name_len).map(|value| (Self::TO, value));
-            }
-            b'e' if wants(Self::EXPIRES) && name & low_bytes(7) == EXPIRES => {
-                return after_colon(buf, line + 7).map(|value| (Self::EXPIRES, value));
-            }
-            _ => {}
+            b'm' => (Self::CONTACT, 1),
+            b't' if name & low_bytes(2) == TO => (Self::TO, 2),
+            b't' => (Self::TO, 1),
+            b'e' if name & low_bytes(7) == EXPIRES => (Self::EXPIRES, 7),
+            _ => return None,
+        };
+        if wanted & super::wanted(index) == 0 {
+            return None;
         }
-        None
+        after_colon(buf, line + name_len).map(|value| (index, value))
     }
 }
 
@@ -98,7 +90,8 @@ pub fn cseq_method(buf: &mut ScanBuf, value: Span) -> Option<Method> {
     if !byte_at(buf, number).is_ascii_digit() {
         return None;
     }
-    let gap = find_byte(buf, number, end, b' ').or_else(|| find_byte(buf, number, end, b'\t'))?;
+    let gap =
+        find_in_value(buf, number, end, b' ').or_else(|| find_in_value(buf, number, end, b'\t'))?;
     let method = skip_blanks(buf, gap);
     // The method token ends the value: make it end in one space, as `match_method` expects
     // of a request line.
@@ -135,7 +128,7 @@ pub fn to_user(buf: &mut ScanBuf, value: Span) -> Option<[u8; TOLL_PREFIX_MAX]> 
     if !value.is_present() {
         return None;
     }
-    let uri = match find_byte(buf, value.start as usize, value.end as usize, b'<') {
+    let uri = match find_in_value(buf, value.start as usize, value.end as usize, b'<') {
         Some(open) => open + 1,
         None => skip_blanks(buf, value.start as usize),
     };
@@ -162,7 +155,8 @@ fn seconds(buf: &ScanBuf, pos: usize) -> Option<u32> {
     Some(value.min(u64::from(u32::MAX - 1)) as u32)
 }
 
-/// Parameters of a Contact value examined for `expires`.
+/// Parameters of a Contact value examined for `expires` (within its first
+/// [`super::MAX_VALUE_BYTES`] bytes after each `;`).
 const MAX_CONTACT_PARAMS: usize = 8;
 
 /// The granted registration lifetime: the `Expires` header, else the first `expires` parameter
@@ -178,7 +172,7 @@ pub fn granted_expires(buf: &mut ScanBuf, expires: Span, contact: Span) -> Optio
     let end = contact.end as usize;
     let mut pos = contact.start as usize;
     for _ in 0..MAX_CONTACT_PARAMS {
-        let semicolon = find_byte(buf, pos, end, b';')?;
+        let semicolon = find_in_value(buf, pos, end, b';')?;
         let name = skip_blanks(buf, semicolon + 1);
         if fold_case(load8(buf, name)) & low_bytes(7) == EXPIRES {
             let equals = skip_blanks(buf, name + 7);

@@ -23,7 +23,8 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let policy = Policy::load(&args.file)?;
     let origin = args.file.display();
-    // The pattern limit depends on how the patterns share prefixes, so only compiling tells.
+    // The policy parser already refused lists beyond the matcher's width; compiling is the last
+    // word on what the datapath will be given.
     patterns::compile(&policy.scanners.user_agents)
         .with_context(|| format!("{origin}: scanners.user_agents"))?;
     patterns::compile(&policy.scanners.from).with_context(|| format!("{origin}: scanners.from"))?;

@@ -14,11 +14,12 @@ use super::*;
 
 /// Every family `render` writes, with its type: a new family must be added here, to the
 /// documentation and (where useful) to the dashboard.
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 18] = [
     ("sipfilter_packets_total", "counter"),
     ("sipfilter_monitored_total", "counter"),
     ("sipfilter_sip_requests_total", "counter"),
     ("sipfilter_sip_responses_total", "counter"),
+    ("sipfilter_answers_total", "counter"),
     ("sipfilter_rate_limited_total", "counter"),
     ("sipfilter_bans_active", "gauge"),
     ("sipfilter_bans_total", "counter"),
@@ -282,6 +283,17 @@ fn datapath_counters_land_in_their_series() {
         value(&families, "sipfilter_sip_responses_total", &[]),
         slot(stats::METHOD_BASE + Method::Response as u32)
     );
+    assert_eq!(series_count(&families, "sipfilter_answers_total"), 4);
+    for class in ResponseClass::ALL {
+        assert_eq!(
+            value(
+                &families,
+                "sipfilter_answers_total",
+                &[("class", class.name())]
+            ),
+            slot(stats::RESPONSE_BASE + class as u32)
+        );
+    }
 
     assert_eq!(series_count(&families, "sipfilter_rate_limited_total"), 2);
     assert_eq!(
@@ -393,6 +405,7 @@ fn slots_the_snapshot_lacks_are_left_out_not_zeroed() {
         "sipfilter_monitored_total",
         "sipfilter_sip_requests_total",
         "sipfilter_sip_responses_total",
+        "sipfilter_answers_total",
         "sipfilter_events_total",
         "sipfilter_events_lost_total",
     ] {

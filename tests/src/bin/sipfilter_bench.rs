@@ -1,5 +1,6 @@
-//! `sipfilter-bench`: what the XDP datapath costs per packet, measured with `BPF_PROG_TEST_RUN`
-//! beside the trivial `XDP_PASS` program, whose cost (the harness's own) is subtracted.
+//! `sipfilter-bench`: what the XDP datapath and the TC egress watcher cost per packet, measured
+//! with `BPF_PROG_TEST_RUN` beside a trivial program of the same kind (`XDP_PASS`,
+//! `TC_ACT_UNSPEC`), whose cost (the harness's own) is subtracted.
 //!
 //! Run it with `cargo xtask bench [--json] [-- --runs N --repeat N]`; it needs root. Each case
 //! is one packet that takes one path through the datapath; the packet is checked once to give
@@ -21,11 +22,11 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
-    programs::{ProgramInfo, Xdp, loaded_programs},
+    programs::{ProgramInfo, SchedClassifier, Xdp, loaded_programs},
 };
 use serde_json::{Map, Value, json};
 use sipfilter::datapath::XDP_PASS_OBJECT;
-use sipfilter_common::{Method, Reason, program_names, stats};
+use sipfilter_common::{Method, Reason, ResponseClass, program_names, stats};
 use sipfilter_tests::{
     Packet,
     datapath::{self, TestDatapath, XDP_DROP, XDP_PASS},
@@ -145,9 +146,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// `TC_ACT_UNSPEC` (-1), as `BPF_PROG_TEST_RUN` reports it.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Program {
     Trivial,
+    /// The trivial TC program, the baseline of the egress cases.
+    TrivialTc,
+    /// The egress watcher of the datapath with this index.
+    Egress(usize),
     /// The datapath with this index ([`MAIN`], [`NO_SCAN`]).
     Datapath(usize),
 }
@@ -167,8 +175,11 @@ struct Case {
     /// Bytes of the SIP message (UDP payload), for SIP cases.
     sip_len: Option<usize>,
     action: u32,
-    /// `None` for the trivial program, which has no counters.
+    /// `None` for the trivial programs, which have no counters, and the egress watcher, which
+    /// decides nothing.
     reason: Option<Reason>,
+    /// The class the egress watcher counts for each packet.
+    response: Option<ResponseClass>,
     /// The SIP method the datapath counts for each packet.
     method: Option<Method>,
     /// Target, in nanoseconds over the trivial program.
@@ -190,8 +201,14 @@ impl Case {
         self.repeat_cap.map_or(repeat, |cap| cap.min(repeat))
     }
 
-    fn is_datapath(&self) -> bool {
-        matches!(self.program, Program::Datapath(_))
+    /// The key of the trivial case whose median this case is reported over (`None` for the
+    /// trivial cases themselves).
+    fn baseline(&self) -> Option<&'static str> {
+        match self.program {
+            Program::Datapath(_) => Some("trivial"),
+            Program::Egress(_) => Some("trivial_tc"),
+            Program::Trivial | Program::TrivialTc => None,
+        }
     }
 }
 
@@ -204,8 +221,12 @@ fn case(key: &'static str, program: Program, packets: Vec<Vec<u8>>) -> Case {
         program,
         packets,
         sip_len: None,
-        action: XDP_PASS,
+        action: match program {
+            Program::Trivial | Program::Datapath(_) => XDP_PASS,
+            Program::TrivialTc | Program::Egress(_) => TC_ACT_UNSPEC,
+        },
         reason: None,
+        response: None,
         method: None,
         target_ns: None,
         repeat_cap: None,
@@ -301,6 +322,22 @@ fn invite_v6() -> Vec<u8> {
     .build()
 }
 
+/// What kamailio's registrar sends: a challenge to a first REGISTER (about 500 bytes) and the
+/// granted registration.
+fn answer(code: u16, reason: &str, extra: Option<(&str, &str)>) -> Vec<u8> {
+    let mut message =
+        sip_messages::response_message(code, reason, "REGISTER", "bench@198.51.100.7", 1)
+            .set_header(
+                "To",
+                "<sip:1001@192.0.2.2>;tag=b27e1a1d33761e85846fc98f5f3a7e58.ab01",
+            )
+            .set_header("Server", "kamailio (5.6.3 (x86_64/linux))");
+    if let Some((name, value)) = extra {
+        message = message.header(name, value);
+    }
+    message.header("Content-Length", "0").build()
+}
+
 /// The cases, in the order they are reported; `slots` is the number of distinct sources a
 /// rate-limited case needs (warm-up plus one per run).
 fn cases(slots: usize) -> Vec<Case> {
@@ -323,6 +360,25 @@ fn cases(slots: usize) -> Vec<Case> {
         per_slot(&|n| Packet::udp4(nth_v4(base, n + 1), PBX_V4, 5060, 5060, &scanner).build())
     };
     let datapath = Program::Datapath(MAIN);
+    let egress = Program::Egress(MAIN);
+    let challenge = answer(
+        401,
+        "Unauthorized",
+        Some((
+            "WWW-Authenticate",
+            "Digest realm=\"192.0.2.2\", nonce=\"Z0lGQV2bN1o3s0uOXU1p3gC4Kf0sdXyk\", qop=\"auth\"",
+        )),
+    );
+    let granted = answer(
+        200,
+        "OK",
+        Some((
+            "Contact",
+            "<sip:1001@198.51.100.7:5060;transport=udp>;expires=600;received=\"sip:198.51.100.7\"",
+        )),
+    );
+    let from_pbx = |payload: &[u8]| Packet::udp4(PBX_V4, UNTRUSTED_V4, 5060, 5060, payload).build();
+    let rtp_out = Packet::udp4(PBX_V4, UNTRUSTED_V4, 9999, 40000, &rtp).build();
 
     vec![
         Case {
@@ -376,6 +432,28 @@ fn cases(slots: usize) -> Vec<Case> {
                 datapath,
                 per_slot(&|n| Packet::udp6(nth_v6(n + 1), PBX_V6, 5060, 5060, &invite).build()),
             )
+        },
+        Case {
+            what: "tc_pass (r0 = TC_ACT_UNSPEC; exit) on the egress_challenge packet".into(),
+            ..case("trivial_tc", Program::TrivialTc, vec![from_pbx(&challenge)])
+        },
+        Case {
+            what: format!("UDP {PBX_V4}:9999 -> {UNTRUSTED_V4}, RTP-like: not from a SIP port"),
+            ..case("egress_not_sip", egress, vec![rtp_out])
+        },
+        Case {
+            what: format!("UDP {PBX_V4}:5060 -> {UNTRUSTED_V4}, 401 to REGISTER (event sent)"),
+            sip_len: Some(challenge.len()),
+            response: Some(ResponseClass::Challenge),
+            ..case("egress_challenge", egress, vec![from_pbx(&challenge)])
+        },
+        Case {
+            what: format!(
+                "UDP {PBX_V4}:5060 -> {UNTRUSTED_V4}, 200 to REGISTER, Contact expires (event sent)"
+            ),
+            sip_len: Some(granted.len()),
+            response: Some(ResponseClass::Success),
+            ..case("egress_success", egress, vec![from_pbx(&granted)])
         },
         Case {
             diagnostic: true,
@@ -444,6 +522,7 @@ fn action_name(action: u32) -> &'static str {
     match action {
         XDP_DROP => "XDP_DROP",
         XDP_PASS => "XDP_PASS",
+        TC_ACT_UNSPEC => "TC_ACT_UNSPEC",
         _ => "another action",
     }
 }
@@ -471,6 +550,11 @@ impl Programs {
             .context("the xdp-pass object has no program xdp_pass")?
             .try_into()?;
         program.load().context("loading xdp_pass into the kernel")?;
+        let program: &mut SchedClassifier = trivial
+            .program_mut("tc_pass")
+            .context("the xdp-pass object has no program tc_pass")?
+            .try_into()?;
+        program.load().context("loading tc_pass into the kernel")?;
         Ok(Programs {
             datapaths,
             events,
@@ -486,11 +570,29 @@ impl Programs {
             .try_into()?)
     }
 
-    fn program(&mut self, program: Program) -> Result<&mut Xdp> {
-        match program {
-            Program::Trivial => self.trivial(),
-            Program::Datapath(index) => Ok(self.datapaths[index].datapath.program()?),
-        }
+    fn trivial_tc(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .trivial
+            .program_mut("tc_pass")
+            .context("no program tc_pass")?
+            .try_into()?)
+    }
+
+    fn program(&mut self, index: usize) -> Result<&mut Xdp> {
+        Ok(self.datapaths[index].datapath.program()?)
+    }
+
+    /// Runs `program` on `packet` `repeat` times: the action and the mean time.
+    fn run(&mut self, program: Program, packet: &[u8], repeat: u32) -> Result<(u32, f64)> {
+        let (action, mean) = match program {
+            Program::Trivial => datapath::run(self.trivial()?, packet, repeat)?,
+            Program::TrivialTc => datapath::run(self.trivial_tc()?, packet, repeat)?,
+            Program::Datapath(index) => datapath::run(self.program(index)?, packet, repeat)?,
+            Program::Egress(index) => {
+                datapath::run(self.datapaths[index].datapath.egress()?, packet, repeat)?
+            }
+        };
+        Ok((action, mean.as_nanos() as f64))
     }
 
     /// Empties the event ring; returns how many events it held.
@@ -511,8 +613,8 @@ fn measure(case: &Case, programs: &mut Programs, slot: usize, repeat: u32) -> Re
     } else {
         None
     };
-    let program = programs.program(case.program)?;
-    let (action, mean) = datapath::run(program, case.packet(slot), case.repeat(repeat))
+    let (action, mean) = programs
+        .run(case.program, case.packet(slot), case.repeat(repeat))
         .with_context(|| format!("running {}", case.key))?;
     ensure!(
         action == case.action,
@@ -529,18 +631,18 @@ fn measure(case: &Case, programs: &mut Programs, slot: usize, repeat: u32) -> Re
             case.key
         );
     }
-    Ok(mean.as_nanos() as f64)
+    Ok(mean)
 }
 
 /// Checks that every packet of `case` gives the expected action and reason, once.
 fn verify(case: &Case, programs: &mut Programs) -> Result<()> {
     for (slot, packet) in case.packets.iter().enumerate() {
         let (action, reason) = match case.program {
-            Program::Trivial => (datapath::run(programs.trivial()?, packet, 1)?.0, None),
             Program::Datapath(index) => {
                 let (action, reason) = programs.datapaths[index].verdict(packet)?;
                 (action, Some(reason))
             }
+            other => (programs.run(other, packet, 1)?.0, None),
         };
         if action != case.action || reason != case.reason {
             bail!(
@@ -566,15 +668,17 @@ fn unexpected_counts(
     after: &[u64],
 ) -> Vec<String> {
     let mut expected = vec![0u64; stats::LEN as usize];
-    for case in cases
-        .iter()
-        .filter(|case| case.program == Program::Datapath(index))
-    {
+    for case in cases.iter().filter(|case| {
+        case.program == Program::Datapath(index) || case.program == Program::Egress(index)
+    }) {
         if let Some(reason) = case.reason {
             expected[(stats::REASON_BASE + reason as u32) as usize] += packets(case);
         }
         if let Some(method) = case.method {
             expected[(stats::METHOD_BASE + method as u32) as usize] += packets(case);
+        }
+        if let Some(class) = case.response {
+            expected[(stats::RESPONSE_BASE + class as u32) as usize] += packets(case);
         }
     }
     let slots = Reason::ALL
@@ -584,6 +688,11 @@ fn unexpected_counts(
             Method::ALL
                 .iter()
                 .map(|method| (stats::METHOD_BASE + *method as u32, method.name())),
+        )
+        .chain(
+            ResponseClass::ALL
+                .iter()
+                .map(|class| (stats::RESPONSE_BASE + *class as u32, class.name())),
         );
     let mut wrong = Vec::new();
     for (slot, name) in slots {
@@ -615,7 +724,7 @@ fn size_of(info: &ProgramInfo) -> ProgramSize {
 /// to 15 characters by the kernel) and by sharing a map with our entry program, because other
 /// processes (tests running beside us) may have their own sipfilter loaded.
 fn program_sizes(programs: &mut Programs) -> Result<Vec<ProgramSize>> {
-    let main = programs.program(Program::Datapath(MAIN))?.info()?;
+    let main = programs.program(MAIN)?.info()?;
     let our_maps: BTreeSet<u32> = main.map_ids()?.unwrap_or_default().into_iter().collect();
     let mut sizes = Vec::new();
     // A program of another process may vanish while we list: skip what cannot be read.
@@ -641,6 +750,8 @@ fn program_sizes(programs: &mut Programs) -> Result<Vec<ProgramSize>> {
             program_names::MAIN,
             program_names::SIP,
             program_names::HEADERS,
+            program_names::EGRESS,
+            program_names::EGRESS_READ,
         ]
         .iter()
         .position(|full| full.starts_with(name))
@@ -648,6 +759,7 @@ fn program_sizes(programs: &mut Programs) -> Result<Vec<ProgramSize>> {
     };
     sizes.sort_by_key(|size| stage_order(&size.name));
     sizes.push(size_of(&programs.trivial()?.info()?));
+    sizes.push(size_of(&programs.trivial_tc()?.info()?));
     Ok(sizes)
 }
 
@@ -755,7 +867,11 @@ fn bench(args: &Args) -> Result<()> {
     }
 
     let load = (load_before, load_average());
-    let trivial_median = summarize(&cases[0].samples).median;
+    let medians: std::collections::BTreeMap<&str, f64> = cases
+        .iter()
+        .map(|case| (case.key, summarize(&case.samples).median))
+        .collect();
+    let baseline = |case: &Case| case.baseline().map(|key| medians[key]);
     if args.json {
         let mut object = Map::new();
         for case in &cases {
@@ -764,7 +880,7 @@ fn bench(args: &Args) -> Result<()> {
             entry.insert("min_ns".into(), json!(summary.min));
             entry.insert("median_ns".into(), json!(summary.median));
             entry.insert("max_ns".into(), json!(summary.max));
-            if case.is_datapath() {
+            if let Some(trivial_median) = baseline(case) {
                 let over = summary.median - trivial_median;
                 entry.insert("over_trivial_ns".into(), json!(over));
                 entry.insert("ratio".into(), json!(summary.median / trivial_median));
@@ -778,7 +894,7 @@ fn bench(args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&Value::Object(object))?);
         return Ok(());
     }
-    print_report(args, &cases, &sizes, trivial_median, events, load);
+    print_report(args, &cases, &sizes, &baseline, events, load);
     Ok(())
 }
 
@@ -794,7 +910,7 @@ fn print_report(
     args: &Args,
     cases: &[Case],
     sizes: &[ProgramSize],
-    trivial_median: f64,
+    baseline: &dyn Fn(&Case) -> Option<f64>,
     (events_sent, events_lost): (u64, u64),
     (load_before, load_after): (String, String),
 ) {
@@ -810,7 +926,7 @@ fn print_report(
         machine()
     );
     println!();
-    println!("programs (main datapath, then the trivial one):");
+    println!("programs (main datapath and egress watcher, then the trivial ones):");
     for size in sizes {
         let insns = size
             .verified_insns
@@ -833,8 +949,8 @@ fn print_report(
     }
     println!();
     println!(
-        "mean ns per packet over {} (+trivial: median minus the trivial median; ratio: median \
-         over the trivial median):",
+        "mean ns per packet over {} (+trivial: median minus the trivial program's median, \
+         trivial for XDP cases, trivial_tc for egress cases; ratio: median over it):",
         runs(args.runs)
     );
     println!(
@@ -850,7 +966,7 @@ fn print_report(
             "  {:<22} {:>7.1} {:>7.1} {:>7.1}",
             case.key, summary.min, summary.median, summary.max
         );
-        if case.is_datapath() {
+        if let Some(trivial_median) = baseline(case) {
             let over = summary.median - trivial_median;
             let (target, verdict) = match case.target_ns {
                 Some(target) if over <= target => (format!("<= {target}"), "met"),
