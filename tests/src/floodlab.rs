@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  attacker [atk0 192.0.2.66 2001:db8::66] --- sw-atk \
-//!  user     [usr0 192.0.2.10 .20, ::10 ::20] - sw-usr -- br0 (switch namespace)
+//!  user     [usr0 192.0.2.10 .20 .30, ::10 ::20 ::30] sw-usr -- br0 (switch namespace)
 //!  pbx      [pbx0 192.0.2.2  2001:db8::2] ---- sw-pbx /      defence on pbx0 (ingress)
 //! ```
 //!
@@ -46,6 +46,11 @@ pub const USER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 /// A trusted source (a trunk, the office) on the user's host: in every defence's allowlist.
 pub const TRUSTED_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 pub const TRUSTED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x20);
+/// A phone on the user's host that is in no allowlist: sipfilter (responsive mode) learns it
+/// from the PBX's 200 to its registration; for the other defences it is one more unlisted
+/// client.
+pub const LEARNED_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
+pub const LEARNED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x30);
 /// The attacker's address on the LAN, which is also the PBX's gateway.
 pub const ATTACKER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
 pub const ATTACKER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66);
@@ -54,8 +59,61 @@ pub const FLOOD_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
 pub const FLOOD_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x6666, 0, 0, 0, 0, 0x66);
 pub const SIP_PORT: u16 = 5060;
 
-/// Subscribers of the lab registrar: the ordinary user and the trusted one.
-pub const USERS: &[(&str, &str)] = &[("1000", "flood-lab-pw-1000"), ("1001", "flood-lab-pw-1001")];
+/// Subscribers of the lab registrar: the ordinary user, the trusted one and the learned one
+/// (see [`Agent`]).
+pub const USERS: &[(&str, &str)] = &[
+    ("1000", "flood-lab-pw-1000"),
+    ("1001", "flood-lab-pw-1001"),
+    ("1002", "flood-lab-pw-1002"),
+];
+
+/// How long the lab waits for sipfilter to list the learned agent after its registration (the
+/// PBX's 200 goes through the egress watcher, an event and the daemon: milliseconds).
+pub const LEARN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The legitimate agents on the user's host, each from its own address with its own account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agent {
+    /// `192.0.2.10`, user 1000: no list names it (with sipfilter's responsive mode it is
+    /// learned too, from its first granted registration, like any phone).
+    User,
+    /// `192.0.2.20`, user 1001: in every defence's allowlist.
+    Trusted,
+    /// `192.0.2.30`, user 1002: in no allowlist; registers before the flood and, with
+    /// sipfilter, is in `list learned` before the flood starts.
+    Learned,
+}
+
+impl Agent {
+    pub fn name(self) -> &'static str {
+        match self {
+            Agent::User => "user",
+            Agent::Trusted => "trusted",
+            Agent::Learned => "learned",
+        }
+    }
+
+    /// Its address, in the family of the lab's Kamailio.
+    pub fn address(self, v6: bool) -> IpAddr {
+        match (self, v6) {
+            (Agent::User, false) => USER_V4.into(),
+            (Agent::User, true) => USER_V6.into(),
+            (Agent::Trusted, false) => TRUSTED_V4.into(),
+            (Agent::Trusted, true) => TRUSTED_V6.into(),
+            (Agent::Learned, false) => LEARNED_V4.into(),
+            (Agent::Learned, true) => LEARNED_V6.into(),
+        }
+    }
+
+    /// Its account: (user, password).
+    pub fn credentials(self) -> (&'static str, &'static str) {
+        match self {
+            Agent::User => USERS[0],
+            Agent::Trusted => USERS[1],
+            Agent::Learned => USERS[2],
+        }
+    }
+}
 
 /// Entries of the blocklist each defence carries (the issue's 10,000-entry ipset). They are
 /// spread over 198.19.160.0-198.19.238.30 (every other address, so nothing aggregates into a
@@ -140,8 +198,10 @@ impl FloodLab {
                 vec![
                     format!("{USER_V4}/24"),
                     format!("{TRUSTED_V4}/24"),
+                    format!("{LEARNED_V4}/24"),
                     format!("{USER_V6}/64"),
                     format!("{TRUSTED_V6}/64"),
+                    format!("{LEARNED_V6}/64"),
                 ],
             ),
             (
@@ -186,8 +246,10 @@ impl FloodLab {
         for (addr, mac) in [
             (USER_V4.to_string(), user_mac),
             (TRUSTED_V4.to_string(), user_mac),
+            (LEARNED_V4.to_string(), user_mac),
             (USER_V6.to_string(), user_mac),
             (TRUSTED_V6.to_string(), user_mac),
+            (LEARNED_V6.to_string(), user_mac),
             (ATTACKER_V4.to_string(), attacker_mac),
             (ATTACKER_V6.to_string(), attacker_mac),
         ] {
@@ -235,15 +297,45 @@ impl FloodLab {
             .collect()
     }
 
-    /// A SIP client on the user's host: the ordinary user's address, or the trusted one.
-    pub fn client(&self, trusted: bool) -> Result<SipClient> {
-        let ip: IpAddr = match (self.server().is_ipv6(), trusted) {
-            (false, false) => USER_V4.into(),
-            (false, true) => TRUSTED_V4.into(),
-            (true, false) => USER_V6.into(),
-            (true, true) => TRUSTED_V6.into(),
-        };
+    /// A SIP client on the user's host, from `agent`'s address.
+    pub fn client(&self, agent: Agent) -> Result<SipClient> {
+        let ip = self.agent_address(agent);
         SipClient::bind(&self.user, SocketAddr::new(ip, 0), self.server())
+    }
+
+    /// `agent`'s address in this lab (IPv6 when Kamailio listens on IPv6).
+    pub fn agent_address(&self, agent: Agent) -> IpAddr {
+        agent.address(self.server().is_ipv6())
+    }
+
+    /// Registers `agent` once (digest) and fails unless the PBX answers 200.
+    pub fn register(&self, agent: Agent) -> Result<()> {
+        let (user, password) = agent.credentials();
+        let registration = self.client(agent)?.register(user, password)?;
+        ensure!(
+            registration.code() == 200,
+            "the {} agent's registration was answered {}",
+            agent.name(),
+            registration.code()
+        );
+        Ok(())
+    }
+
+    /// Registers the learned agent and, when `sipfilter` learns sources (responsive mode),
+    /// waits (at most [`LEARN_TIMEOUT`]) until `list learned` shows it. Returns its row (`None`
+    /// without sipfilter or without responsive mode).
+    pub fn learn_agent(
+        &self,
+        sipfilter: Option<&SipfilterGuard>,
+        policy: &LabPolicy,
+    ) -> Result<Option<serde_json::Value>> {
+        self.register(Agent::Learned)?;
+        match sipfilter {
+            Some(guard) if policy.responsive => guard
+                .wait_learned(self.agent_address(Agent::Learned), LEARN_TIMEOUT)
+                .map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// A flood of `sources` at Kamailio from the attacker's interface, for `duration`.
@@ -331,6 +423,10 @@ pub struct LabPolicy {
     /// iptables command: `iptables` (Debian's default, the nf_tables backend) or
     /// `iptables-legacy` (x_tables).
     pub iptables: String,
+    /// sipfilter only: responsive mode (`[responsive] enabled = true, grace = "5m"`): a
+    /// source whose registration the PBX grants is trusted for the registration's lifetime
+    /// plus the grace. Neither firewall has an equivalent.
+    pub responsive: bool,
 }
 
 impl Default for LabPolicy {
@@ -341,6 +437,7 @@ impl Default for LabPolicy {
             blocklist: true,
             bans: false,
             iptables: "iptables".to_owned(),
+            responsive: true,
         }
     }
 }
@@ -353,10 +450,13 @@ impl LabPolicy {
             "[sources]\nallow = [\"{TRUSTED_V4}\", \"{TRUSTED_V6}\"]\n\n\
              [rate_limit]\nregister = {{ rate = {r}, burst = {b} }}\n\
              invite = {{ rate = {r}, burst = {b} }}\n\n\
-             [bans]\nenabled = {bans}\n\n[daemon]\nmetrics = \"off\"\n",
+             [bans]\nenabled = {bans}\n\n\
+             [responsive]\nenabled = {responsive}\ngrace = \"5m\"\n\n\
+             [daemon]\nmetrics = \"off\"\n",
             r = self.rate,
             b = self.burst,
-            bans = self.bans
+            bans = self.bans,
+            responsive = self.responsive
         )
     }
 
@@ -500,6 +600,43 @@ impl SipfilterGuard {
         Ok(serde_json::from_slice(&output.stdout)?)
     }
 
+    /// `sipfilter list learned --json`: the sources responsive mode trusts.
+    pub fn learned(&self) -> Result<Vec<serde_json::Value>> {
+        let rows: serde_json::Value =
+            serde_json::from_str(&self.cli(&["list", "learned", "--json"])?)
+                .context("sipfilter list learned --json")?;
+        match rows {
+            serde_json::Value::Array(rows) => Ok(rows),
+            other => bail!("sipfilter list learned --json printed {other}"),
+        }
+    }
+
+    /// `address`'s row in `list learned`, if it is there.
+    pub fn learned_row(&self, address: IpAddr) -> Result<Option<serde_json::Value>> {
+        Ok(self.learned()?.into_iter().find(|row| {
+            row["address"]
+                .as_str()
+                .and_then(|text| text.split('/').next()?.parse::<IpAddr>().ok())
+                == Some(address)
+        }))
+    }
+
+    /// Polls `list learned` until `address` is in it (at most `timeout`); its row.
+    pub fn wait_learned(&self, address: IpAddr, timeout: Duration) -> Result<serde_json::Value> {
+        let started = Instant::now();
+        loop {
+            if let Some(row) = self.learned_row(address)? {
+                return Ok(row);
+            }
+            ensure!(
+                started.elapsed() < timeout,
+                "sipfilter did not learn {address} within {timeout:?} of its registration: {}",
+                self.daemon.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `sipfilter ARGS...` against this daemon (`list bans`, `stats`, ...): its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let output = self.pins.command(None, args);
@@ -639,16 +776,16 @@ pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
 /// as failed.
 pub const LEGIT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the legitimate agent (user `1000`, or `1001` from the trusted address) for `duration`
-/// or until `stop`.
+/// Runs a legitimate agent (the workload above, from `agent`'s address with its account) for
+/// `duration` or until `stop`.
 pub fn run_legit(
     lab: &FloodLab,
-    trusted: bool,
+    agent: Agent,
     duration: Duration,
     stop: &AtomicBool,
 ) -> Result<LegitReport> {
-    let (user, password) = if trusted { USERS[1] } else { USERS[0] };
-    let client = lab.client(trusted)?.with_timeout(LEGIT_TIMEOUT);
+    let (user, password) = agent.credentials();
+    let client = lab.client(agent)?.with_timeout(LEGIT_TIMEOUT);
     let mut report = LegitReport::default();
     let started = Instant::now();
     let mut tick = 0u32;
@@ -793,6 +930,9 @@ pub struct Workload {
     pub rate: Option<u64>,
     /// Run the legitimate agent from the trusted (allowlisted) address too.
     pub trusted_agent: bool,
+    /// Run the learned agent too: it registers before the clock starts and, with sipfilter in
+    /// responsive mode, the run starts only once `list learned` shows it.
+    pub learned_agent: bool,
 }
 
 /// The figures of one defence under one workload.
@@ -803,6 +943,11 @@ pub struct Measurement {
     pub flood_at_kamailio: u64,
     pub legit: LegitReport,
     pub trusted: Option<LegitReport>,
+    pub learned: Option<LegitReport>,
+    /// sipfilter in responsive mode, with the learned agent: its `list learned` row before the
+    /// flood, and after the run (`None` if it was no longer there).
+    pub learned_before: Option<serde_json::Value>,
+    pub learned_after: Option<Option<serde_json::Value>>,
     /// Machine-wide softirq time from `/proc/stat`. This kernel samples it at ticks (no
     /// `IRQ_TIME_ACCOUNTING`), which aliases with a paced sender: see [`Measurement::path_cpu_s`].
     pub softirq_s: f64,
@@ -829,6 +974,19 @@ impl Measurement {
         } else {
             self.softirq_s * 1e6 / self.flood.sent as f64
         }
+    }
+
+    /// sipfilter with the learned agent: whether its learned trust outlived the run, the same
+    /// trust period (`since` unchanged: not lost during the flood and learned again from a
+    /// later registration). `None` when not measured.
+    pub fn learned_kept(&self) -> Option<bool> {
+        let before = self.learned_before.as_ref()?;
+        let after = self.learned_after.as_ref()?;
+        Some(
+            after
+                .as_ref()
+                .is_some_and(|row| row["since"] == before["since"]),
+        )
     }
 
     /// Packet-path CPU per flood packet (send, switch, receive, filter), in microseconds.
@@ -862,8 +1020,14 @@ pub fn measure(
     let lab = FloodLab::new(tag, v6, lifetime)?;
     let active = lab.defend(defence, policy)?;
     // The agents register once before the clock starts, so the run measures re-registration
-    // under load, not the first binding.
-    lab.client(false)?.register(USERS[0].0, USERS[0].1)?;
+    // under load, not the first binding. The learned agent's registration is what sipfilter
+    // learns it from: the run starts once `list learned` shows it.
+    lab.register(Agent::User)?;
+    let learned_before = if workload.learned_agent {
+        lab.learn_agent(active.sipfilter.as_ref(), policy)?
+    } else {
+        None
+    };
     ensure!(!stop.load(Ordering::Relaxed), "interrupted");
 
     let kamailio_pids = lab.kamailio.pids();
@@ -883,19 +1047,22 @@ pub fn measure(
         spec.rate = workload.rate;
         spec
     });
-    let (flood, legit, trusted) = thread::scope(|scope| {
+    let (flood, legit, trusted, learned) = thread::scope(|scope| {
         let flood = spec
             .as_ref()
             .map(|spec| scope.spawn(|| lab.flood(spec, stop)));
-        let trusted = workload
-            .trusted_agent
-            .then(|| scope.spawn(|| run_legit(&lab, true, workload.duration, stop)));
-        let legit = run_legit(&lab, false, workload.duration, stop);
-        (flood.map(join), legit, trusted.map(join))
+        let lab = &lab;
+        let agent =
+            |agent: Agent| scope.spawn(move || run_legit(lab, agent, workload.duration, stop));
+        let trusted = workload.trusted_agent.then(|| agent(Agent::Trusted));
+        let learned = workload.learned_agent.then(|| agent(Agent::Learned));
+        let legit = run_legit(lab, Agent::User, workload.duration, stop);
+        (flood.map(join), legit, trusted.map(join), learned.map(join))
     });
     let flood = flood.transpose()?.unwrap_or_default();
     let legit = legit?;
     let trusted = trusted.transpose()?;
+    let learned = learned.transpose()?;
     ensure!(!stop.load(Ordering::Relaxed), "interrupted");
     thread::sleep(DRAIN);
 
@@ -918,6 +1085,7 @@ pub fn measure(
         flood_at_kamailio,
         legit,
         trusted,
+        learned,
         softirq_s,
         path_cpu_s,
         kamailio_cpu_s,
@@ -926,6 +1094,10 @@ pub fn measure(
         ..Measurement::default()
     };
     if let Some(guard) = &active.sipfilter {
+        if learned_before.is_some() {
+            measurement.learned_after = Some(guard.learned_row(lab.agent_address(Agent::Learned))?);
+        }
+        measurement.learned_before = learned_before;
         measurement.rate_sources = Some(guard.rate_occupancy()?);
         measurement.status = guard.status_json().ok();
         let after = guard.counters()?;

@@ -5,17 +5,20 @@
 //! Asserts what the lab exists to show, on a short bounded run: a single-source REGISTER flood
 //! reaches Kamailio at no more than the configured rate while the legitimate user keeps
 //! registering; a spoofed-source flood fills the rate limiter's map without dropping the
-//! allowlisted source; the firewall rules the comparison uses load; and nothing of the lab is
-//! left afterwards.
+//! allowlisted source or the learned one (a phone in no allowlist that sipfilter's responsive
+//! mode learned from its registration before the flood), and without making sipfilter forget
+//! or stop trusting the learned one; the firewall rules the comparison uses load; and nothing
+//! of the lab is left afterwards.
 
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sipfilter_common::{Reason, stats};
 use sipfilter_tests::flood::{FloodMethod, FloodSources};
 use sipfilter_tests::floodlab::{
-    self, Defence, FLOOD_SOURCE_V4, FloodLab, LabPolicy, TRUSTED_V4, USERS, dropped,
-    namespace_exists, run_legit,
+    self, Agent, Defence, FLOOD_SOURCE_V4, FloodLab, LEARNED_V4, LabPolicy, LegitReport,
+    TRUSTED_V4, USERS, dropped, namespace_exists, run_legit,
 };
 use sipfilter_tests::require_bpf;
 
@@ -26,9 +29,48 @@ const SINGLE_FLOOD: Duration = Duration::from_secs(4);
 /// datapath must drop nothing at all.
 const SPOOFED_SOURCES: u32 = 100_000;
 const SPOOFED_ROUNDS: u64 = 3;
+/// REGISTERs the learned source sends back to back after the flood: four bursts' worth, so an
+/// untrusted source would see most of them dropped by the rate limit.
+const LEARNED_BURST: u32 = 40;
 
 fn reason(counters: &[u64], reason: Reason) -> u64 {
     counters[(stats::REASON_BASE + reason as u32) as usize]
+}
+
+/// Requests of an agent that certainly passed the datapath: each answered transaction had at
+/// least one request reach Kamailio, and a granted registration two (challenge and answer).
+fn passed_at_least(agent: &LegitReport) -> u64 {
+    2 * u64::from(agent.registered) + u64::from(agent.options_ok)
+}
+
+/// `count` unauthenticated REGISTERs from `from`, sent back to back without waiting for the
+/// answers (Kamailio challenges each).
+fn register_burst(lab: &FloodLab, from: SocketAddr, count: u32) -> u32 {
+    let server = lab.server();
+    lab.user.run(|| {
+        let socket = UdpSocket::bind(from).expect("bind the learned address");
+        let local = socket.local_addr().unwrap();
+        for n in 0..count {
+            let message = format!(
+                "REGISTER sip:{ip} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP {local};branch=z9hG4bK-burst-{n};rport\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:1002@{ip}>;tag=burst{n}\r\n\
+                 To: <sip:1002@{ip}>\r\n\
+                 Call-ID: burst-{n}@{local}\r\n\
+                 CSeq: 1 REGISTER\r\n\
+                 Contact: <sip:1002@{local}>\r\n\
+                 Expires: 300\r\n\
+                 User-Agent: sipfilter-lab-client\r\n\
+                 Content-Length: 0\r\n\r\n",
+                ip = server.ip()
+            );
+            socket
+                .send_to(message.as_bytes(), server)
+                .expect("send a REGISTER");
+        }
+    });
+    count
 }
 
 #[test]
@@ -54,7 +96,7 @@ fn sipfilter_holds_floods_in_the_lab() {
         "the blocklist is loaded: {status_text}"
     );
     assert_eq!(
-        lab.client(false)
+        lab.client(Agent::User)
             .unwrap()
             .register(USERS[0].0, USERS[0].1)
             .unwrap()
@@ -62,6 +104,15 @@ fn sipfilter_holds_floods_in_the_lab() {
         200,
         "the user registers before the flood"
     );
+    // The phone at 192.0.2.30 is in no allowlist: responsive mode learns it from the PBX's 200.
+    let learned = lab
+        .learn_agent(Some(guard), &policy)
+        .expect("sipfilter learns the phone from its registration")
+        .expect("responsive mode is on in the lab's policy");
+    eprintln!("learned before the floods: {learned}");
+    assert_eq!(learned["kind"], "learned", "{learned}");
+    assert_eq!(learned["origin"], "responsive", "{learned}");
+    assert_eq!(learned["user"], USERS[2].0, "{learned}");
 
     // 1. A single-source REGISTER flood at full speed, the user registering every second.
     let log_before = lab.kamailio.log().len();
@@ -72,7 +123,7 @@ fn sipfilter_holds_floods_in_the_lab() {
     );
     let (flood, legit) = std::thread::scope(|scope| {
         let flood = scope.spawn(|| lab.flood(&spec, &never));
-        let legit = run_legit(&lab, false, SINGLE_FLOOD, &never).expect("legit agent");
+        let legit = run_legit(&lab, Agent::User, SINGLE_FLOOD, &never).expect("legit agent");
         (flood.join().unwrap().expect("flood"), legit)
     });
     eprintln!(
@@ -120,7 +171,15 @@ fn sipfilter_holds_floods_in_the_lab() {
     );
 
     // 2. A spoofed-source flood: 100,000 sources, three messages each, while the trusted
-    //    (allowlisted) source and the user register.
+    //    (allowlisted) source and the learned one register.
+    let learned_before = guard
+        .learned_row(LEARNED_V4.into())
+        .unwrap()
+        .expect("the phone is still learned when the spoofed flood starts");
+    assert_eq!(
+        learned_before["since"], learned["since"],
+        "{learned_before}"
+    );
     let before = guard.counters().unwrap();
     let mut spec = lab.flood_spec(
         FloodMethod::Register,
@@ -130,30 +189,83 @@ fn sipfilter_holds_floods_in_the_lab() {
         Duration::from_secs(10),
     );
     spec.max_packets = u64::from(SPOOFED_SOURCES) * SPOOFED_ROUNDS;
-    let (flood, trusted) = std::thread::scope(|scope| {
+    let (flood, trusted, learned_agent) = std::thread::scope(|scope| {
         let flood = scope.spawn(|| lab.flood(&spec, &never));
-        let trusted = run_legit(&lab, true, Duration::from_secs(2), &never).expect("trusted");
-        (flood.join().unwrap().expect("spoofed flood"), trusted)
+        let learned =
+            scope.spawn(|| run_legit(&lab, Agent::Learned, Duration::from_secs(2), &never));
+        let trusted =
+            run_legit(&lab, Agent::Trusted, Duration::from_secs(2), &never).expect("trusted");
+        (
+            flood.join().unwrap().expect("spoofed flood"),
+            trusted,
+            learned.join().unwrap().expect("learned"),
+        )
     });
     let after = guard.counters().unwrap();
     let (sources, capacity) = guard.rate_occupancy().unwrap();
     eprintln!(
-        "spoofed flood: {} frames in {:.2} s; rate map {sources}/{capacity}; trusted {}/{}",
+        "spoofed flood: {} frames in {:.2} s; rate map {sources}/{capacity}; trusted {}/{} \
+         (p50 {:.2} ms, p99 {:.2} ms); learned {}/{} (p50 {:.2} ms, p99 {:.2} ms)",
         flood.sent,
         flood.elapsed.as_secs_f64(),
         trusted.registered,
-        trusted.registrations
+        trusted.registrations,
+        trusted.register_ms(50.0),
+        trusted.register_ms(99.0),
+        learned_agent.registered,
+        learned_agent.registrations,
+        learned_agent.register_ms(50.0),
+        learned_agent.register_ms(99.0)
     );
     assert_eq!(flood.sent, spec.max_packets, "{flood:?}");
     assert_eq!(
         dropped(&after) - dropped(&before),
         0,
-        "every spoofed source stayed under its burst, and the trusted source is never dropped"
+        "every spoofed source stayed under its burst, and neither the trusted nor the learned \
+         source was dropped"
     );
-    let allowlisted = reason(&after, Reason::Allowlisted) - reason(&before, Reason::Allowlisted);
     assert!(
-        allowlisted >= u64::from(trusted.registrations + trusted.options),
-        "each request of the trusted source {TRUSTED_V4} passed as allowlisted ({allowlisted})"
+        trusted.registrations >= 2 && learned_agent.registrations >= 2,
+        "both agents ran beside the flood: {trusted:?} {learned_agent:?}"
+    );
+    // Only the trusted and the learned agents are trusted senders during the flood: what they
+    // certainly got through must all have passed as allowlisted (a learned source is in the
+    // allow set with an expiry), not as ordinary SIP.
+    let allowlisted = reason(&after, Reason::Allowlisted) - reason(&before, Reason::Allowlisted);
+    let expected = passed_at_least(&trusted) + passed_at_least(&learned_agent);
+    assert!(
+        allowlisted >= expected,
+        "the requests of the trusted source {TRUSTED_V4} and the learned source {LEARNED_V4} \
+         passed as allowlisted: {allowlisted} counted, at least {expected} expected"
+    );
+    // The flood made sipfilter neither forget the learned source nor learn it anew (its
+    // registrations during the flood would re-learn it: `since` tells).
+    let learned_after = guard
+        .learned_row(LEARNED_V4.into())
+        .unwrap()
+        .expect("the phone is still learned after the spoofed flood");
+    assert_eq!(
+        learned_after["since"], learned_before["since"],
+        "the same trust period, not lost during the flood: {learned_after}"
+    );
+    // And the kernel still trusts it: four bursts' worth of REGISTERs back to back pass without
+    // a single rate-limit drop, every one counted as allowlisted (an untrusted source would
+    // lose most of them).
+    let before = guard.counters().unwrap();
+    let sent = register_burst(&lab, SocketAddr::new(LEARNED_V4.into(), 0), LEARNED_BURST);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = guard.counters().unwrap();
+    let allowlisted = reason(&after, Reason::Allowlisted) - reason(&before, Reason::Allowlisted);
+    let rate_dropped = reason(&after, Reason::RateRegister) - reason(&before, Reason::RateRegister);
+    eprintln!(
+        "after the flood: {sent} REGISTERs from the learned source back to back: {allowlisted} \
+         passed as allowlisted, {rate_dropped} dropped by the rate limit"
+    );
+    assert_eq!(rate_dropped, 0, "the learned source is not rate-limited");
+    assert_eq!(dropped(&after) - dropped(&before), 0);
+    assert!(
+        allowlisted >= u64::from(sent),
+        "every REGISTER of the learned source passed as allowlisted ({allowlisted} of {sent})"
     );
     assert!(
         sources >= u64::from(SPOOFED_SOURCES) * 9 / 10 && sources <= capacity,
@@ -161,14 +273,14 @@ fn sipfilter_holds_floods_in_the_lab() {
     );
     // Right after the flood (Kamailio's queue drains in milliseconds), both users register.
     std::thread::sleep(Duration::from_millis(300));
-    for trusted in [true, false] {
-        let user = USERS[usize::from(trusted)];
+    for agent in [Agent::Trusted, Agent::Learned, Agent::User] {
+        let (user, password) = agent.credentials();
         let registration = lab
-            .client(trusted)
+            .client(agent)
             .unwrap()
-            .register(user.0, user.1)
+            .register(user, password)
             .expect("answered");
-        assert_eq!(registration.code(), 200, "trusted={trusted}");
+        assert_eq!(registration.code(), 200, "{agent:?}");
     }
 
     drop(active);
@@ -214,7 +326,7 @@ fn firewall_defences_load_their_rules() {
             }
         }
         // The user still registers through the rules (3 requests/s is under every limit).
-        let client = lab.client(false).unwrap();
+        let client = lab.client(Agent::User).unwrap();
         assert_eq!(client.register(USERS[0].0, USERS[0].1).unwrap().code(), 200);
         drop(_active);
         drop(lab);

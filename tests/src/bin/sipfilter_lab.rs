@@ -25,8 +25,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sipfilter_common::{Reason, stats};
 use sipfilter_tests::flood::{self, FloodMethod, FloodSources, FloodSpec};
 use sipfilter_tests::floodlab::{
-    self, Defence, FLOOD_SOURCE_V4, FLOOD_SOURCE_V6, FloodLab, LabPolicy, LegitReport, Measurement,
-    Workload,
+    self, Agent, Defence, FLOOD_SOURCE_V4, FLOOD_SOURCE_V6, FloodLab, LabPolicy, LegitReport,
+    Measurement, Workload,
 };
 
 /// Set by SIGINT/SIGTERM; every loop of the lab checks it.
@@ -395,12 +395,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
         duration,
         rate: (args.rate > 0).then_some(args.rate),
         trusted_agent: spoofed,
+        learned_agent: spoofed,
     };
     let quiet_workload = Workload {
         flood: None,
         duration,
         rate: None,
         trusted_agent: false,
+        learned_agent: false,
     };
     // The reference for "p99 with no flood": sipfilter in driver mode (or the first defence).
     let reference = if defences.contains(&Defence::SipfilterDriver) {
@@ -447,7 +449,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 .with_context(|| format!("run {run}: {}", row.defence.name()))?;
             eprintln!(
                 "run {run}: {:<16} offered {:>7.0} pps, at kamailio {:>7}, reg ok {:>3.0}%, \
-                 p99 {:>7.2} ms, softirq {:.2} s ({:.2} µs/pkt), path {:.2} µs/pkt, kamailio {:.2} s{}",
+                 p99 {:>7.2} ms, softirq {:.2} s ({:.2} µs/pkt), path {:.2} µs/pkt, kamailio {:.2} s{}{}",
                 row.defence.name(),
                 m.flood.pps(),
                 m.flood_at_kamailio,
@@ -459,7 +461,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 m.kamailio_cpu_s,
                 m.rate_sources
                     .map(|(used, cap)| format!(", rate map {used}/{cap}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                agents_summary(&m)
             );
             row.runs.push(m);
         }
@@ -539,6 +542,7 @@ fn render(
         }
         out.push('\n');
     }
+    out.push_str(&agents_table(rows));
     if let Some(reference_row) = rows.iter().find(|r| r.defence == reference) {
         let _ = writeln!(
             out,
@@ -663,32 +667,153 @@ fn goals(args: &BenchArgs, policy: &LabPolicy, rows: &[Row], quiet: &[Measuremen
         }
         for m in &row.runs {
             if let Some((used, cap)) = m.rate_sources {
-                let trusted = m
-                    .trusted
-                    .as_ref()
-                    .map(|t| {
-                        format!(
-                            ", trusted agent {}/{} registered",
-                            t.registered, t.registrations
-                        )
-                    })
-                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  - rate limiter map after the run: {used} of {cap} sources{trusted}"
+                    "  - rate limiter map after the run: {used} of {cap} sources{}",
+                    agents_summary(m)
                 );
             }
         }
+        out.push_str(&learned_goal(row));
     }
-    // ISSUE 4 (learned sources): the responsive mode being built in issue 4 learns sources that
-    // completed a registration. Once it exists, report here that learned sources kept working
-    // under the spoofed flood (register a learned agent before the flood, run it beside the
-    // trusted one in `Workload`, and print its success like the trusted agent's).
-    let _ = writeln!(
-        out,
-        "- learned sources: not measured yet (they come from issue 4's responsive mode)"
-    );
     out
+}
+
+/// One agent's figures: `registered/registrations, p50 .. ms, p99 .. ms`.
+fn agent_figures(l: &LegitReport) -> String {
+    format!(
+        "{}/{} registered, p50 {:.2} ms, p99 {:.2} ms",
+        l.registered,
+        l.registrations,
+        l.register_ms(50.0),
+        l.register_ms(99.0)
+    )
+}
+
+/// The trusted and learned agents of a run (empty when neither ran), and, for sipfilter,
+/// whether the learned agent kept its trust and what the datapath dropped.
+fn agents_summary(m: &Measurement) -> String {
+    let mut out = String::new();
+    if let Some(trusted) = &m.trusted {
+        let _ = write!(out, "; trusted agent {}", agent_figures(trusted));
+    }
+    if let Some(learned) = &m.learned {
+        let _ = write!(out, "; learned agent {}", agent_figures(learned));
+        match m.learned_kept() {
+            Some(true) => out.push_str(", still learned after the run"),
+            Some(false) => out.push_str(", NO LONGER LEARNED (or learned again) after the run"),
+            None => {}
+        }
+    }
+    if let (Some(drops), true) = (
+        m.sipfilter_drops,
+        m.trusted.is_some() || m.learned.is_some(),
+    ) {
+        let _ = write!(out, "; datapath drops {drops}");
+    }
+    out
+}
+
+/// The agents beside the flood (spoofed scenarios): the trusted one (allowlisted by every
+/// defence) and the learned one (learned by sipfilter before the flood; an unlisted client for
+/// the others), median (min–max) over the runs. Empty when they did not run.
+fn agents_table(rows: &[Row]) -> String {
+    let ran = |pick: fn(&Measurement) -> Option<&LegitReport>| {
+        rows.iter()
+            .any(|r| r.runs.iter().any(|m| pick(m).is_some()))
+    };
+    let pick_trusted: fn(&Measurement) -> Option<&LegitReport> = |m| m.trusted.as_ref();
+    let pick_learned: fn(&Measurement) -> Option<&LegitReport> = |m| m.learned.as_ref();
+    if !ran(pick_trusted) && !ran(pick_learned) {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nThe agents beside the flood, median (min–max): trusted = 192.0.2.20 (user 1001), in \
+         every defence's allowlist; learned = 192.0.2.30 (user 1002), in no allowlist, learned \
+         by sipfilter (responsive mode) from its registration before the flood, one more \
+         unlisted client for the other defences:\n\n\
+         | defence | trusted reg ok (%) | trusted p50 (ms) | trusted p99 (ms) | learned reg ok (%) \
+         | learned p50 (ms) | learned p99 (ms) | still learned after the run |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let _ = write!(out, "| {} |", row.defence.name());
+        for pick in [pick_trusted, pick_learned] {
+            let reports: Vec<&LegitReport> = row.runs.iter().filter_map(pick).collect();
+            if reports.is_empty() {
+                out.push_str(" | | |");
+                continue;
+            }
+            let ok = reports.iter().map(|l| l.success_rate() * 100.0).collect();
+            let _ = write!(out, " {} |", spread(ok, 0));
+            for p in [50.0, 99.0] {
+                let values = reports.iter().map(|l| l.register_ms(p)).collect();
+                let _ = write!(out, " {} |", spread(values, 2));
+            }
+        }
+        let kept: Vec<bool> = row
+            .runs
+            .iter()
+            .filter_map(Measurement::learned_kept)
+            .collect();
+        if kept.is_empty() {
+            out.push_str(" n/a |\n");
+        } else {
+            let _ = writeln!(
+                out,
+                " {} of {} runs |",
+                kept.iter().filter(|k| **k).count(),
+                kept.len()
+            );
+        }
+    }
+    out
+}
+
+/// The goal for learned sources (issue 5: "allowlisted and learned sources keep working"), for
+/// a sipfilter row whose runs had the learned agent: it must still be learned after every run,
+/// from the same trust period. Its registrations are reported beside the datapath's drops, so
+/// a failed registration can be told apart from a drop by sipfilter: with 0 drops, every
+/// failure was lost after the filter (Kamailio's socket).
+fn learned_goal(row: &Row) -> String {
+    let kept: Vec<bool> = row
+        .runs
+        .iter()
+        .filter_map(Measurement::learned_kept)
+        .collect();
+    if kept.is_empty() {
+        return String::new();
+    }
+    let mut all = LegitReport::default();
+    for learned in row.runs.iter().filter_map(|m| m.learned.as_ref()) {
+        all.merge(learned);
+    }
+    let p99 = median(
+        &mut row
+            .runs
+            .iter()
+            .filter_map(|m| m.learned.as_ref())
+            .map(|l| l.register_ms(99.0))
+            .collect::<Vec<_>>(),
+    );
+    let drops: Vec<String> = row
+        .runs
+        .iter()
+        .map(|m| m.sipfilter_drops.map_or("?".to_owned(), |d| d.to_string()))
+        .collect();
+    let held = kept.iter().filter(|k| **k).count();
+    format!(
+        "  - learned agent (192.0.2.30, learned before the flood): registrations {}/{} ({:.1}%), \
+         p99 (median of runs) {:.2} ms; datapath drops per run (all sources): {}; still learned, \
+         same trust period, after {held} of {} runs (goal: every run: {})\n",
+        all.registered,
+        all.registrations,
+        all.success_rate() * 100.0,
+        p99,
+        drops.join(", "),
+        kept.len(),
+        if held == kept.len() { "met" } else { "NOT met" }
+    )
 }
 
 fn legit_json(l: &LegitReport) -> serde_json::Value {
@@ -712,6 +837,10 @@ fn measurement_json(m: &Measurement) -> serde_json::Value {
         "flood_at_kamailio": m.flood_at_kamailio,
         "legit": legit_json(&m.legit),
         "trusted": m.trusted.as_ref().map(legit_json),
+        "learned": m.learned.as_ref().map(legit_json),
+        "learned_row_before": m.learned_before,
+        "learned_row_after": m.learned_after,
+        "learned_kept": m.learned_kept(),
         "softirq_seconds": m.softirq_s,
         "path_cpu_seconds": m.path_cpu_s,
         "flood_thread_cpu_seconds": m.flood.thread_cpu.as_secs_f64(),
@@ -757,9 +886,9 @@ fn lab(args: &LabArgs) -> Result<()> {
     println!(
         "The lab is up:\n\
          \x20 attacker  ip netns exec {} ...   (192.0.2.66; floods from 203.0.113.66 and spoofed ranges)\n\
-         \x20 user      ip netns exec {} ...   (192.0.2.10, trusted 192.0.2.20)\n\
-         \x20 pbx       ip netns exec {} ...   (kamailio on 192.0.2.2:5060, users 1000/1001)\n\
-         \x20 sipfilter on pbx0 in driver mode: sipfilter {global} stats|list|status\n\
+         \x20 user      ip netns exec {} ...   (192.0.2.10, trusted 192.0.2.20, learned 192.0.2.30)\n\
+         \x20 pbx       ip netns exec {} ...   (kamailio on 192.0.2.2:5060, users 1000/1001/1002)\n\
+         \x20 sipfilter on pbx0 in driver mode, responsive mode on: sipfilter {global} stats|list|status\n\
          \x20 flood     ip netns exec {} {} flood --iface atk0 --target 192.0.2.2:5060 --dst-mac {}",
         lab.attacker.name(),
         lab.user.name(),
@@ -773,7 +902,12 @@ fn lab(args: &LabArgs) -> Result<()> {
             .join(":")
     );
     if args.demo {
-        demo(&lab, guard, Duration::from_secs(args.flood_seconds))?;
+        demo(
+            &lab,
+            guard,
+            &policy,
+            Duration::from_secs(args.flood_seconds),
+        )?;
     } else {
         println!("Ctrl-C tears it down (or after {} s).", args.max_seconds);
         let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
@@ -848,7 +982,12 @@ fn live_flood(
     Ok(report)
 }
 
-fn demo(lab: &FloodLab, guard: &floodlab::SipfilterGuard, seconds: Duration) -> Result<()> {
+fn demo(
+    lab: &FloodLab,
+    guard: &floodlab::SipfilterGuard,
+    policy: &LabPolicy,
+    seconds: Duration,
+) -> Result<()> {
     let stop = &STOP;
     println!("\n1. A scanner (svwar) enumerates extensions from the attacker:");
     let before = guard.counters()?;
@@ -877,7 +1016,7 @@ fn demo(lab: &FloodLab, guard: &floodlab::SipfilterGuard, seconds: Duration) -> 
     );
     let log_before = lab.kamailio.log().len();
     let legit = thread::scope(|scope| {
-        let legit = scope.spawn(|| floodlab::run_legit(lab, false, seconds, stop));
+        let legit = scope.spawn(|| floodlab::run_legit(lab, Agent::User, seconds, stop));
         let flood = live_flood(lab, guard, &spec);
         let legit = legit
             .join()
@@ -898,8 +1037,18 @@ fn demo(lab: &FloodLab, guard: &floodlab::SipfilterGuard, seconds: Duration) -> 
     ensure!(!stopped(), "interrupted");
 
     println!(
-        "\n3. A REGISTER flood from 100,000 spoofed sources for {} s, while the trusted source \
-         (192.0.2.20, allowlisted) and the user register:",
+        "\n3. A phone in no allowlist (192.0.2.30, user 1002) registers; responsive mode learns \
+         it from the PBX's 200:"
+    );
+    let before = lab
+        .learn_agent(Some(guard), policy)?
+        .context("responsive mode is on in the lab's policy")?;
+    println!("{}", indent(&guard.cli(&["list", "learned"])?));
+    ensure!(!stopped(), "interrupted");
+
+    println!(
+        "\n4. A REGISTER flood from 100,000 spoofed sources for {} s, while the trusted source \
+         (192.0.2.20, allowlisted), the learned one (192.0.2.30) and the user register:",
         seconds.as_secs()
     );
     let spec = lab.flood_spec(
@@ -907,31 +1056,47 @@ fn demo(lab: &FloodLab, guard: &floodlab::SipfilterGuard, seconds: Duration) -> 
         FloodSources::Spoofed4 { count: 100_000 },
         seconds,
     );
-    let (legit, trusted) = thread::scope(|scope| {
-        let legit = scope.spawn(|| floodlab::run_legit(lab, false, seconds, stop));
-        let trusted = scope.spawn(|| floodlab::run_legit(lab, true, seconds, stop));
+    let counters_before = guard.counters()?;
+    let (legit, trusted, learned) = thread::scope(|scope| {
+        let agent =
+            |agent: Agent| scope.spawn(move || floodlab::run_legit(lab, agent, seconds, stop));
+        let agents = [
+            agent(Agent::User),
+            agent(Agent::Trusted),
+            agent(Agent::Learned),
+        ];
         let flood = live_flood(lab, guard, &spec);
-        let legit = legit
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        let trusted = trusted
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        flood.and(legit).and_then(|l| Ok((l, trusted?)))
+        let [legit, trusted, learned] = agents.map(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+        flood.and(legit).and_then(|l| Ok((l, trusted?, learned?)))
     })?;
+    let counters_after = guard.counters()?;
     let (used, capacity) = guard.rate_occupancy()?;
+    let trusted_passed = counter(&counters_after, Reason::Allowlisted)
+        - counter(&counters_before, Reason::Allowlisted);
     println!(
-        "  rate limiter map: {used} of {capacity} sources; trusted source registered {}/{}, \
-         user {}/{} (p99 {:.1} ms)",
-        trusted.registered,
-        trusted.registrations,
-        legit.registered,
-        legit.registrations,
-        legit.register_ms(99.0)
+        "  rate limiter map: {used} of {capacity} sources; {trusted_passed} requests passed as \
+         trusted (allowlisted or learned: no rate limit, no scanner check)"
     );
-    // ISSUE 4 (learned sources): when the responsive mode exists, show here that a source it
-    // learned (one that completed a registration before the flood) keeps registering too.
-    println!("  learned sources: not shown yet (issue 4's responsive mode is not merged)");
+    for (name, report) in [
+        ("trusted (allowlisted) 192.0.2.20", &trusted),
+        ("learned               192.0.2.30", &learned),
+        ("user                  192.0.2.10", &legit),
+    ] {
+        println!("  {name}: {}", agent_figures(report));
+    }
+    let after = guard.learned_row(lab.agent_address(Agent::Learned))?;
+    match &after {
+        Some(row) if row["since"] == before["since"] => println!(
+            "  192.0.2.30 is still learned, same trust period (since {}, until {})",
+            row["since"], row["expires"]
+        ),
+        Some(row) => println!("  192.0.2.30 was learned again during the flood: {row}"),
+        None => println!("  192.0.2.30 is NO LONGER LEARNED"),
+    }
     println!("\nsipfilter status:\n{}", indent(&guard.cli(&["status"])?));
     Ok(())
 }
