@@ -49,8 +49,11 @@ const TICK: Duration = Duration::from_secs(1);
 /// dropped (the datapath has already acted on them).
 const EVENT_QUEUE: usize = 4096;
 
-/// How often the rate limiter's entries are counted for `status` and the metrics.
-const RATE_COUNT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often, at most, the rate limiter's entries are counted for `status` and the metrics.
+/// Counting walks the map key by key (a second or so for a million keys), so the pause after a
+/// count is also at least ten times what the count took: the walk never takes more than a
+/// tenth of a core.
+const RATE_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The result of a finished task, without awaiting (the caller checked `is_finished`).
 fn futures_now<T>(task: tokio::task::JoinHandle<T>) -> Option<Result<T, tokio::task::JoinError>> {
@@ -106,7 +109,7 @@ struct Daemon {
     /// Entries of the rate limiter's LRU, counted now and then off the daemon's task (a
     /// spoofed-source flood fills it with up to a million keys).
     rate_occupancy: (String, u64, u64),
-    rate_count: Option<tokio::task::JoinHandle<u64>>,
+    rate_count: Option<(tokio::task::JoinHandle<u64>, Instant)>,
     next_rate_count: Instant,
     /// Shared with the metrics server; refreshed after every change and tick.
     snapshot: Arc<Mutex<Snapshot>>,
@@ -680,23 +683,25 @@ impl Daemon {
         self.refresh_snapshot();
     }
 
-    /// Counting walks the LRU key by key, so it runs on a blocking thread at most every
-    /// `RATE_COUNT_INTERVAL`.
+    /// Counting walks the LRU key by key, so it runs on a blocking thread, at most every
+    /// `RATE_COUNT_INTERVAL` and never more than a tenth of the time.
     fn count_rate_sources(&mut self) {
-        if let Some(task) = &self.rate_count
+        if let Some((task, _)) = &self.rate_count
             && task.is_finished()
         {
-            let task = self.rate_count.take().expect("checked");
+            let (task, started) = self.rate_count.take().expect("checked");
             if let Some(Ok(count)) = futures_now(task) {
                 self.rate_occupancy.1 = count;
             }
+            self.next_rate_count =
+                Instant::now() + RATE_COUNT_INTERVAL.max(started.elapsed().saturating_mul(10));
         }
         if self.rate_count.is_none() && Instant::now() >= self.next_rate_count {
             let pin_dir = self.options.pin_dir.clone();
-            self.rate_count = Some(tokio::task::spawn_blocking(move || {
+            let task = tokio::task::spawn_blocking(move || {
                 datapath::pinned_rate_sources(&pin_dir).unwrap_or(0)
-            }));
-            self.next_rate_count = Instant::now() + RATE_COUNT_INTERVAL;
+            });
+            self.rate_count = Some((task, Instant::now()));
         }
     }
 

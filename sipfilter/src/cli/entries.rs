@@ -50,7 +50,7 @@ pub struct EntryArgs {
     pub comment: Option<String>,
 }
 
-/// Remove entries added with allow/deny for a target, and lift its ban.
+/// Remove entries added with allow/deny for a target, forget its learned trust, and lift its ban.
 #[derive(Debug, clap::Args)]
 pub struct RemoveArgs {
     #[arg(value_name = "ADDR|CIDR|HOSTNAME")]

@@ -6,8 +6,8 @@ use sipfilter::control::{ListFilter, Request};
 
 use super::{JsonArgs, query};
 
-/// Show allow and deny entries and bans: origin (policy file, CLI, ban engine), comment,
-/// expiry, and for host names the addresses they resolve to now.
+/// Show allow and deny entries, bans and learned sources: origin (policy file, CLI, ban engine,
+/// responsive mode), comment, expiry, and for host names the addresses they resolve to now.
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Only this list.
@@ -30,7 +30,7 @@ pub fn run(args: &ListArgs, socket: &Path) -> anyhow::Result<()> {
     }
     let text = |row: &serde_json::Value, key: &str| row[key].as_str().unwrap_or("-").to_owned();
     println!(
-        "{:<6} {:<40} {:<11} {:<21} COMMENT",
+        "{:<7} {:<40} {:<11} {:<21} COMMENT",
         "KIND", "ADDRESS", "ORIGIN", "EXPIRES"
     );
     for row in &rows {
@@ -44,7 +44,7 @@ pub fn run(args: &ListArgs, socket: &Path) -> anyhow::Result<()> {
             comment = format!("{comment} (DNS: {error})");
         }
         println!(
-            "{:<6} {:<40} {:<11} {:<21} {comment}",
+            "{:<7} {:<40} {:<11} {:<21} {comment}",
             text(row, "kind"),
             address,
             text(row, "origin"),
