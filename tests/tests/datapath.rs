@@ -114,6 +114,7 @@ struct PolicyToml {
     register: &'static str,
     invite: &'static str,
     ipv6_prefix: u8,
+    responsive: bool,
 }
 
 /// Generous enough that no table row comes near it: rate limits have their own test.
@@ -137,6 +138,7 @@ impl Default for PolicyToml {
             register: GENEROUS,
             invite: GENEROUS,
             ipv6_prefix: 64,
+            responsive: false,
         }
     }
 }
@@ -177,6 +179,9 @@ mode = "{toll_mode}"
 tcp = [22, 8080]
 udp = [4569]
 mode = "{restricted_mode}"
+
+[responsive]
+enabled = {responsive}
 "#,
             allow = self.allow,
             deny = self.deny,
@@ -189,6 +194,7 @@ mode = "{restricted_mode}"
             scanner_mode = self.scanner_mode,
             toll_mode = self.toll_mode,
             restricted_mode = self.restricted_mode,
+            responsive = self.responsive,
         )
     }
 
@@ -2660,6 +2666,111 @@ fn untrusted_sip_drop() {
         ));
     }
     check_table(&mut dp, "untrusted_sip_drop", &rows);
+}
+
+/// Allowlist-only SIP ports with responsive mode: untrusted sources may still REGISTER (to earn
+/// learned trust), through the scanner checks and the rate limit; nothing else of theirs
+/// reaches a SIP port.
+#[test]
+fn untrusted_sip_drop_with_responsive_mode() {
+    if !require_bpf("untrusted_sip_drop_with_responsive_mode") {
+        return;
+    }
+    let mut dp = PolicyToml {
+        untrusted_sip: "drop",
+        responsive: true,
+        ..PolicyToml::default()
+    }
+    .load();
+    let mut rows = Vec::new();
+    for src in UNTRUSTED {
+        let f = family(src);
+        rows.extend([
+            row(
+                format!("untrusted REGISTER, UDP {f}"),
+                udp(src, SIP_PORT, &clean_register()).build(),
+                passes(Reason::SipOk),
+            ),
+            row(
+                format!("untrusted REGISTER, TCP {f}"),
+                tcp(src, SIP_PORT, &clean_register()).build(),
+                passes(Reason::SipOk),
+            ),
+            row(
+                format!("untrusted scanner REGISTER {f}"),
+                udp(src, SIP_PORT, &scanner_register()).build(),
+                drops(Reason::ScannerUserAgent),
+            ),
+            row(
+                format!("untrusted OPTIONS {f}"),
+                udp(src, SIP_PORT, &clean_options()).build(),
+                drops(Reason::UntrustedSip),
+            ),
+            row(
+                format!("untrusted INVITE {f}"),
+                udp(src, SIP_PORT, &clean_invite()).build(),
+                drops(Reason::UntrustedSip),
+            ),
+            row(
+                format!("untrusted response {f}"),
+                udp(src, SIP_PORT, &response(200, "OK", "OPTIONS", "u-1", 1)).build(),
+                drops(Reason::UntrustedSip),
+            ),
+            row(
+                format!("untrusted keep-alive {f}"),
+                udp(src, SIP_PORT, b"\r\n\r\n").build(),
+                drops(Reason::UntrustedSip),
+            ),
+            row(
+                format!("untrusted TCP continuation {f}"),
+                tcp(src, SIP_PORT, b"Content-Length: 0\r\n\r\n").build(),
+                drops(Reason::UntrustedSip),
+            ),
+            row(
+                format!("untrusted non-SIP {f}"),
+                udp(src, SIP_PORT, &[0x55; 64]).build(),
+                drops(Reason::UntrustedSip),
+            ),
+        ]);
+    }
+    for src in ALLOWED {
+        rows.push(row(
+            format!("allowlisted OPTIONS {}", family(src)),
+            udp(src, SIP_PORT, &clean_options()).build(),
+            passes(Reason::Allowlisted),
+        ));
+    }
+    check_table(&mut dp, "untrusted_sip_drop_with_responsive_mode", &rows);
+
+    // The rate limit still applies to the REGISTERs it lets through.
+    let mut dp = PolicyToml {
+        untrusted_sip: "drop",
+        responsive: true,
+        register: TIGHT,
+        ..PolicyToml::default()
+    }
+    .load();
+    let mut rows = Vec::new();
+    for src in UNTRUSTED {
+        let f = family(src);
+        for n in 1..=3 {
+            rows.push(row(
+                format!("REGISTER {n} of a burst of 3 {f}"),
+                udp(src, SIP_PORT, &clean_register()).build(),
+                passes(Reason::SipOk),
+            ));
+        }
+        rows.push(row(
+            format!("REGISTER 4 {f}"),
+            udp(src, SIP_PORT, &clean_register()).build(),
+            drops(Reason::RateRegister),
+        ));
+    }
+    check_table(
+        &mut dp,
+        "untrusted_sip_drop_with_responsive_mode_rate",
+        &rows,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
