@@ -9,7 +9,7 @@
 
 /// Bumped whenever a pinned map's key or value layout changes; part of [`Config`] so a loader can
 /// refuse maps written by an incompatible build instead of misreading them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the maps, as the kernel and bpffs see them (the kernel keeps 15 bytes).
 pub mod map_names {
@@ -126,11 +126,14 @@ pub enum Reason {
     RateInvite = 18,
     /// IPv6 packet whose upper-layer header lies beyond the extension headers we follow.
     Ipv6ExtensionLimit = 19,
+    /// REGISTER or INVITE within its source's rate, but over the rate of all untrusted
+    /// sources together (`[rate_limit] total`): a flood from many (spoofed) sources.
+    RateTotal = 20,
 }
 
 impl Reason {
     /// Number of reasons; sizes the reason slices of the stats array.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Unparsed,
@@ -153,6 +156,7 @@ impl Reason {
         Reason::RateRegister,
         Reason::RateInvite,
         Reason::Ipv6ExtensionLimit,
+        Reason::RateTotal,
     ];
 
     /// The packet is dropped for this reason (in `enforce` mode).
@@ -183,6 +187,7 @@ impl Reason {
             Reason::RateRegister => "rate_register",
             Reason::RateInvite => "rate_invite",
             Reason::Ipv6ExtensionLimit => "ipv6_extension_limit",
+            Reason::RateTotal => "rate_total",
         }
     }
 
@@ -407,6 +412,9 @@ pub struct Config {
     pub ipv6_prefix_len: u32,
     pub register: RateParams,
     pub invite: RateParams,
+    /// REGISTER and INVITE from all untrusted sources together, checked after the source's
+    /// own limit.
+    pub total: RateParams,
     /// Minimum gap between two rate-limit events for one source.
     pub event_interval_ns: u64,
 }
@@ -689,7 +697,7 @@ pub const EXPIRES_ABSENT: u32 = u32::MAX;
 // ---------------------------------------------------------------------------------------------
 
 const _: () = assert!(core::mem::size_of::<RateParams>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 const _: () = assert!(core::mem::size_of::<PortBlock>() == 256);
 const _: () = assert!(core::mem::size_of::<SourceRule>() == 8);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);

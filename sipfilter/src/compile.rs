@@ -130,6 +130,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PatternError> {
         ipv6_prefix_len: u32::from(policy.rate_limit.ipv6_prefix),
         register: rate_params(policy.rate_limit.register.as_ref()),
         invite: rate_params(policy.rate_limit.invite.as_ref()),
+        total: rate_params(policy.rate_limit.total.as_ref()),
         event_interval_ns: RATE_EVENT_INTERVAL_NS,
     };
 

@@ -97,6 +97,8 @@ pub struct RateLimit {
     pub ipv6_prefix: u8,
     pub register: Option<Rate>,
     pub invite: Option<Rate>,
+    /// REGISTER and INVITE from all untrusted sources together (off by default).
+    pub total: Option<Rate>,
     /// Sources the limiter tracks (an LRU); applied when the datapath is attached.
     pub max_sources: u32,
     pub mode: Mode,
@@ -108,6 +110,7 @@ impl Default for RateLimit {
             ipv6_prefix: 64,
             register: Some(BUILTIN_REGISTER),
             invite: Some(BUILTIN_INVITE),
+            total: None,
             max_sources: capacity::RATE_SOURCES_DEFAULT,
             mode: Mode::Enforce,
         }
@@ -128,6 +131,12 @@ const BUILTIN_REGISTER: Rate = Rate {
 const BUILTIN_INVITE: Rate = Rate {
     rate: 2.0,
     burst: 5,
+};
+/// What a `total` table that leaves out `rate` or `burst` gets for it (`total` itself is off
+/// unless written).
+const BUILTIN_TOTAL: Rate = Rate {
+    rate: 100.0,
+    burst: 200,
 };
 
 /// Substrings (ASCII case-insensitive) that mark a request as coming from a scanner.
@@ -398,6 +407,7 @@ struct RawRateLimit {
     ipv6_prefix: Option<Spanned<i64>>,
     register: Option<Spanned<RawLimit>>,
     invite: Option<Spanned<RawLimit>>,
+    total: Option<Spanned<RawLimit>>,
     max_sources: Option<Spanned<i64>>,
     mode: Option<Mode>,
 }
@@ -788,6 +798,10 @@ impl Checker<'_> {
             ipv6_prefix,
             register: self.limit("rate_limit.register", raw.register, BUILTIN_REGISTER)?,
             invite: self.limit("rate_limit.invite", raw.invite, BUILTIN_INVITE)?,
+            total: match raw.total {
+                None => None,
+                Some(total) => self.limit("rate_limit.total", Some(total), BUILTIN_TOTAL)?,
+            },
             max_sources,
             mode: raw.mode.unwrap_or_default(),
         })
@@ -1369,6 +1383,7 @@ udp = [4569]
                     rate: 2.0,
                     burst: 5,
                 }),
+                total: None,
                 max_sources: 1_000_000,
                 mode: Mode::Enforce,
             },
@@ -1815,6 +1830,34 @@ mode = "monitor"
             }
         );
         assert_eq!(parse("[bans]\n[responsive]\n[daemon]\n").unwrap(), builtin);
+    }
+
+    #[test]
+    fn total_rate_limit_key() {
+        assert_eq!(Policy::builtin().rate_limit.total, None);
+        let policy = parse("[rate_limit]\ntotal = { rate = 200, burst = 400 }\n").unwrap();
+        assert_eq!(
+            policy.rate_limit.total,
+            Some(Rate {
+                rate: 200.0,
+                burst: 400
+            })
+        );
+        let policy = parse("[rate_limit]\ntotal = { rate = 50 }\n").unwrap();
+        assert_eq!(policy.rate_limit.total.map(|total| total.burst), Some(200));
+        assert_eq!(
+            parse("[rate_limit]\ntotal = \"off\"\n")
+                .unwrap()
+                .rate_limit
+                .total,
+            None
+        );
+        let message = error(
+            "[rate_limit]\ntotal = { rate = 0, burst = 1 }\n",
+            "rate_limit.total.rate",
+            2,
+        );
+        assert!(message.contains("rate 0 is not allowed"), "{message}");
     }
 
     #[test]

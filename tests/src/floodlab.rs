@@ -427,6 +427,11 @@ pub struct LabPolicy {
     /// source whose registration the PBX grants is trusted for the registration's lifetime
     /// plus the grace. Neither firewall has an equivalent.
     pub responsive: bool,
+    /// sipfilter only: `[rate_limit] total`, REGISTER and INVITE per second from all untrusted
+    /// sources together (burst: twice as many), which holds a spoofed flood to that rate. The
+    /// classic iptables and nftables recipes have no such rule (a global `limit` could be
+    /// added to them).
+    pub total: Option<u32>,
 }
 
 impl Default for LabPolicy {
@@ -438,6 +443,7 @@ impl Default for LabPolicy {
             bans: false,
             iptables: "iptables".to_owned(),
             responsive: true,
+            total: Some(200),
         }
     }
 }
@@ -446,10 +452,14 @@ impl LabPolicy {
     /// The sipfilter policy file. The blocklist is not in it (a policy list holds at most 4096
     /// entries): [`LabPolicy::sipfilter_state`] puts it in the state file, as CLI entries.
     pub fn sipfilter_toml(&self) -> String {
+        let total = match self.total {
+            Some(rate) => format!("{{ rate = {rate}, burst = {} }}", 2 * rate),
+            None => "\"off\"".to_owned(),
+        };
         format!(
             "[sources]\nallow = [\"{TRUSTED_V4}\", \"{TRUSTED_V6}\"]\n\n\
              [rate_limit]\nregister = {{ rate = {r}, burst = {b} }}\n\
-             invite = {{ rate = {r}, burst = {b} }}\n\n\
+             invite = {{ rate = {r}, burst = {b} }}\ntotal = {total}\n\n\
              [bans]\nenabled = {bans}\n\n\
              [responsive]\nenabled = {responsive}\ngrace = \"5m\"\n\n\
              [daemon]\nmetrics = \"off\"\n",

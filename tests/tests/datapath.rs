@@ -115,6 +115,8 @@ struct PolicyToml {
     invite: &'static str,
     ipv6_prefix: u8,
     responsive: bool,
+    /// `[rate_limit] total`: `"off"` (quoted) or a table.
+    total: &'static str,
 }
 
 /// Generous enough that no table row comes near it: rate limits have their own test.
@@ -139,6 +141,7 @@ impl Default for PolicyToml {
             invite: GENEROUS,
             ipv6_prefix: 64,
             responsive: false,
+            total: "\"off\"",
         }
     }
 }
@@ -164,6 +167,7 @@ deny_mode = "{deny_mode}"
 [rate_limit]
 register = {register}
 invite = {invite}
+total = {total}
 ipv6_prefix = {ipv6_prefix}
 max_sources = 1024
 mode = "{rate_mode}"
@@ -195,6 +199,7 @@ enabled = {responsive}
             toll_mode = self.toll_mode,
             restricted_mode = self.restricted_mode,
             responsive = self.responsive,
+            total = self.total,
         )
     }
 
@@ -2771,6 +2776,88 @@ fn untrusted_sip_drop_with_responsive_mode() {
         "untrusted_sip_drop_with_responsive_mode_rate",
         &rows,
     );
+}
+
+/// `[rate_limit] total`: REGISTER and INVITE from all untrusted sources together, each source
+/// under its own limit (a spoofed-source flood), are held to one shared rate; trusted sources
+/// are not counted and never limited; no event names the sources (none is at fault).
+#[test]
+fn total_rate_limit() {
+    if !require_bpf("total_rate_limit") {
+        return;
+    }
+    let source = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, 40 + n));
+    let source6 = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x77, n, 0, 0, 0, 1));
+    for mode in ["enforce", "monitor"] {
+        let mut dp = PolicyToml {
+            total: TIGHT,
+            rate_mode: mode,
+            ..PolicyToml::default()
+        }
+        .load();
+        let mut ring = dp.datapath.take_events().expect("event ring");
+        let over = if mode == "enforce" {
+            drops(Reason::RateTotal)
+        } else {
+            passes(Reason::SipOk)
+        };
+        let mut rows = vec![
+            row(
+                "source 1 REGISTER",
+                udp(source(1), SIP_PORT, &clean_register()).build(),
+                passes(Reason::SipOk),
+            ),
+            row(
+                "source 2 INVITE",
+                udp(source(2), SIP_PORT, &clean_invite()).build(),
+                passes(Reason::SipOk),
+            ),
+            row(
+                "source 3 REGISTER, IPv6",
+                udp(source6(3), SIP_PORT, &clean_register()).build(),
+                passes(Reason::SipOk),
+            ),
+            row(
+                "OPTIONS is not counted",
+                udp(source(4), SIP_PORT, &clean_options()).build(),
+                passes(Reason::SipOk),
+            ),
+            row(
+                "allowlisted REGISTER is not counted",
+                udp(ALLOWED4, SIP_PORT, &clean_register()).build(),
+                passes(Reason::Allowlisted),
+            ),
+            row(
+                "source 5 REGISTER: the fourth of the burst of 3",
+                udp(source(5), SIP_PORT, &clean_register()).build(),
+                over,
+            ),
+            row(
+                "source 6 INVITE, IPv6",
+                udp(source6(6), SIP_PORT, &clean_invite()).build(),
+                over,
+            ),
+        ];
+        rows.push(row(
+            "allowlisted REGISTER, the bucket empty",
+            udp(ALLOWED6, SIP_PORT, &clean_register()).build(),
+            passes(Reason::Allowlisted),
+        ));
+        check_table(&mut dp, &format!("total_rate_limit ({mode})"), &rows);
+        if mode == "monitor" {
+            let counters = counters(&dp);
+            assert_eq!(
+                counters[(stats::MONITOR_BASE + Reason::RateTotal as u32) as usize],
+                2,
+                "monitor mode counts the two requests it would have dropped"
+            );
+        }
+        assert_eq!(
+            drain(&mut ring),
+            [],
+            "no source is blamed for the shared limit"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

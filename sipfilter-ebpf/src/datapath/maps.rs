@@ -52,6 +52,11 @@ pub static SF_BANS: HashMap<SourceKey, Ban> = HashMap::pinned(capacity::BANS, 0)
 pub static SF_RATE: LruHashMap<SourceKey, RateState> =
     LruHashMap::pinned(capacity::RATE_SOURCES_DEFAULT, 0);
 
+/// The theoretical arrival time of the bucket shared by all untrusted sources
+/// (`Config::total`), one `u64`.
+#[map]
+pub static SF_RATE_TOTAL: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Toll-fraud prefixes of the Request-URI user.
 #[map]
 pub static SF_TOLL: LpmTrie<[u8; TOLL_PREFIX_MAX], u8> =

@@ -7,13 +7,18 @@
 //! each admit one request beyond the burst, and a reset of an idle bucket (a plain store) may
 //! race with an add and forget it. The error is at most one request per CPU per burst window;
 //! the long-run rate is exact.
+//!
+//! A request within its source's rate then draws on one more bucket, shared by all untrusted
+//! sources (`Config::total`): a flood from many sources, each under its own limit (spoofed
+//! addresses), is held to that rate as a whole. Sources over their own limit are dropped before
+//! they reach it, so one noisy source cannot spend the others' share.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
-use sipfilter_common::{Config, Method, RateState, SourceKey};
+use sipfilter_common::{Config, Method, RateParams, RateState, SourceKey};
 
-use super::maps::SF_RATE;
+use super::maps::{SF_RATE, SF_RATE_TOTAL};
 
 pub enum Verdict {
     Conforming,
@@ -21,10 +26,50 @@ pub enum Verdict {
     Exceeded {
         report: bool,
     },
+    /// Within the source's rate, over the rate of all untrusted sources together. Not the
+    /// source's fault, so never reported as evidence against it.
+    ExceededTotal,
 }
 
 #[inline(always)]
 pub fn check(config: &Config, key: &SourceKey, method: Method) -> Verdict {
+    // Jiffy resolution (1-4 ms) is plenty for rates of a few per second, and the coarse clock
+    // is a fraction of the cost of `bpf_ktime_get_ns`.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    match check_source(config, key, method, now) {
+        Verdict::Conforming => check_total(&config.total, now),
+        exceeded => exceeded,
+    }
+}
+
+/// The bucket of all untrusted sources: the same GCRA on a single shared timestamp.
+#[inline(always)]
+fn check_total(params: &RateParams, now: u64) -> Verdict {
+    if params.interval_ns == 0 {
+        return Verdict::Conforming;
+    }
+    let Some(tat) = SF_RATE_TOTAL.get_ptr_mut(0) else {
+        return Verdict::Conforming;
+    };
+    // SAFETY: `tat` points into a live map value, a u64 accessed with single loads and stores
+    // or atomically.
+    unsafe {
+        let current = tat.read_volatile();
+        if current <= now {
+            tat.write_volatile(now + params.interval_ns);
+            return Verdict::Conforming;
+        }
+        if current - now > params.tolerance_ns {
+            return Verdict::ExceededTotal;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat, params.interval_ns);
+    }
+    Verdict::Conforming
+}
+
+#[inline(always)]
+fn check_source(config: &Config, key: &SourceKey, method: Method, now: u64) -> Verdict {
     let is_register = method == Method::Register;
     let params = if is_register {
         config.register
@@ -34,10 +79,6 @@ pub fn check(config: &Config, key: &SourceKey, method: Method) -> Verdict {
     if params.interval_ns == 0 {
         return Verdict::Conforming;
     }
-    // Jiffy resolution (1-4 ms) is plenty for rates of a few per second, and the coarse clock
-    // is a fraction of the cost of `bpf_ktime_get_ns`.
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(state) = SF_RATE.get_ptr_mut(key) else {
         let mut fresh = RateState::default();
         if is_register {

@@ -155,20 +155,28 @@ pub fn inspect(ctx: &XdpContext) -> Stage {
     // costlier checks.
     if start.method == Method::Register || start.method == Method::Invite {
         let key = source_key(&origin, config);
-        if let Verdict::Exceeded { report } = rate::check(config, &key, start.method) {
-            let reason = if start.method == Method::Register {
-                Reason::RateRegister
-            } else {
-                Reason::RateInvite
-            };
-            if report {
-                emit(
-                    &event(EventKind::RateLimited, reason, RuleKind::RateLimit),
-                    None,
-                );
+        match rate::check(config, &key, start.method) {
+            Verdict::Conforming => {}
+            Verdict::Exceeded { report } => {
+                let reason = if start.method == Method::Register {
+                    Reason::RateRegister
+                } else {
+                    Reason::RateInvite
+                };
+                if report {
+                    emit(
+                        &event(EventKind::RateLimited, reason, RuleKind::RateLimit),
+                        None,
+                    );
+                }
+                if let Some(drop) = enforce(config, RuleKind::RateLimit, reason) {
+                    return Stage::Done(drop);
+                }
             }
-            if let Some(drop) = enforce(config, RuleKind::RateLimit, reason) {
-                return Stage::Done(drop);
+            Verdict::ExceededTotal => {
+                if let Some(drop) = enforce(config, RuleKind::RateLimit, Reason::RateTotal) {
+                    return Stage::Done(drop);
+                }
             }
         }
     }

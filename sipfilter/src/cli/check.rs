@@ -75,11 +75,12 @@ fn summary(policy: &Policy) -> String {
             mode(sources.deny_mode),
         ),
         format!(
-            "rate limits  per source (IPv6: per /{}): REGISTER {}, INVITE {}; {} sources \
-             tracked ({})",
+            "rate limits  per source (IPv6: per /{}): REGISTER {}, INVITE {}; all untrusted \
+             sources together: {}; {} sources tracked ({})",
             limits.ipv6_prefix,
             rate(limits.register),
             rate(limits.invite),
+            rate(limits.total),
             limits.max_sources,
             mode(limits.mode)
         ),

@@ -182,6 +182,11 @@ struct BenchArgs {
     limit_rate: u32,
     #[arg(long, default_value_t = 10)]
     limit_burst: u32,
+    /// sipfilter's `[rate_limit] total`: REGISTER and INVITE per second from all untrusted
+    /// sources together (burst twice that); 0 leaves it off. The classic iptables and
+    /// nftables recipes have no such rule.
+    #[arg(long, default_value_t = 200)]
+    total_rate: u32,
     /// Also write every measurement as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -385,6 +390,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         rate: args.limit_rate,
         burst: args.limit_burst,
         iptables: args.iptables.clone(),
+        total: (args.total_rate > 0).then_some(args.total_rate),
         ..LabPolicy::default()
     };
     let duration = Duration::from_secs(args.duration);
@@ -503,13 +509,20 @@ fn render(
     let _ = writeln!(
         out,
         "Machine: {} CPUs, kernel {}. Limits: {}/s burst {} per source; {}-entry blocklist; \
-         iptables = `{}`.\n",
+         iptables = `{}`; sipfilter also: {}.\n",
         thread::available_parallelism().map_or(0, |n| n.get()),
         uname.trim(),
         policy.rate,
         policy.burst,
         floodlab::BLOCKLIST_LEN,
-        policy.iptables
+        policy.iptables,
+        match policy.total {
+            Some(rate) => format!(
+                "responsive mode, all untrusted sources together at most {rate}/s (burst {})",
+                2 * rate
+            ),
+            None => "responsive mode".to_owned(),
+        }
     );
     let _ = writeln!(out, "Median (min–max) over the runs:\n");
     let mut header = String::from("| defence |");
