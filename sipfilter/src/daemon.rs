@@ -616,9 +616,11 @@ impl Daemon {
     fn on_success(&mut self, event: &DatapathEvent, now: SystemTime) {
         let source = self.source_net(event.source);
         self.bans.record_success(&source);
-        if event.method != Method::Register
-            || !self.policy.responsive.enabled
-            || self.is_allowlisted(event.source, now)
+        // Trusted otherwise (a network or host name of the allow set): learning would only give
+        // its entry an expiry.
+        let trusted_otherwise =
+            self.is_trusted(event.source, now) && !self.learned.is_trusted(event.source, now);
+        if event.method != Method::Register || !self.policy.responsive.enabled || trusted_otherwise
         {
             return;
         }
@@ -628,13 +630,14 @@ impl Daemon {
         if lifetime == Some(Duration::ZERO) {
             return;
         }
-        match self.learned.learn(
+        let learning = self.learned.learn(
             event.source,
             user,
             lifetime,
             self.policy.responsive.grace,
             now,
-        ) {
+        );
+        match learning {
             Learning::New => {
                 log::info!(
                     "learned trust for {} ({}) until {}",
@@ -649,8 +652,23 @@ impl Daemon {
             Learning::Extended => {}
             Learning::Unchanged => return,
         }
-        self.sync_lists();
-        self.dirty = true;
+        let until = self
+            .learned
+            .entries()
+            .find(|entry| entry.address == event.source)
+            .map(|entry| entry.until)
+            .expect("just learned");
+        let key = TrieKey::from_net(&IpNet::from(event.source));
+        if let Err(error) = self.datapath.allow_one(&key, monotonic(until)) {
+            log::error!("trusting {}: {error}", event.source);
+        }
+        self.refresh_snapshot();
+        // A new source is saved at once; an extension waits for the next save (at the latest
+        // on shutdown): phones re-register all the time, and a lost extension only means that
+        // after a crash the trust ends at the previous registration's end, until the next one.
+        if learning == Learning::New {
+            self.dirty = true;
+        }
     }
 
     fn tick(&mut self) {

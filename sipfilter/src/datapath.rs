@@ -395,6 +395,19 @@ impl Datapath {
         self.remove_stale(lists, &stale)
     }
 
+    /// Adds or updates one allow entry (a learned source) without reading or rewriting the
+    /// lists: a phone re-registering every few minutes must not cost a rewrite of a
+    /// 10,000-entry blocklist each time.
+    pub fn allow_one(&mut self, key: &TrieKey, expires_ns: u64) -> Result<()> {
+        // Hint first, so the entry applies from the moment it is in the trie.
+        self.add_hint(key, hint::ALLOW)?;
+        self.write_trie(
+            map_names::ALLOW_V4,
+            map_names::ALLOW_V6,
+            &BTreeMap::from([(*key, expires_ns)]),
+        )
+    }
+
     /// Widens the hints to old and new entries and adds or updates the new entries; returns the
     /// entries that were there before.
     fn add_lists(&mut self, lists: &SourceLists) -> Result<SourceLists> {
