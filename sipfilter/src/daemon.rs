@@ -55,6 +55,10 @@ const EVENT_QUEUE: usize = 4096;
 /// tenth of a core.
 const RATE_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often the source lists', bans' and toll prefixes' entries are counted for the metrics
+/// (`status` counts afresh).
+const OCCUPANCY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The result of a finished task, without awaiting (the caller checked `is_finished`).
 fn futures_now<T>(task: tokio::task::JoinHandle<T>) -> Option<Result<T, tokio::task::JoinError>> {
     let waker = std::task::Waker::noop();
@@ -110,6 +114,10 @@ struct Daemon {
     /// spoofed-source flood fills it with up to a million keys).
     rate_occupancy: (String, u64, u64),
     rate_count: Option<(tokio::task::JoinHandle<u64>, Instant)>,
+    /// The other maps' occupancy for the metrics, counted by walking their keys (a
+    /// 10,000-entry blocklist is 20,000 system calls), so at most every `OCCUPANCY_INTERVAL`.
+    occupancy: Vec<(String, u64, u64)>,
+    next_occupancy: Instant,
     next_rate_count: Instant,
     /// Shared with the metrics server; refreshed after every change and tick.
     snapshot: Arc<Mutex<Snapshot>>,
@@ -214,6 +222,8 @@ async fn run_async(options: Options) -> anyhow::Result<()> {
         ),
         rate_count: None,
         next_rate_count: Instant::now(),
+        occupancy: Vec::new(),
+        next_occupancy: Instant::now(),
         started: now,
         reloads: 0,
         reload_failures: 0,
@@ -274,6 +284,8 @@ async fn run_async(options: Options) -> anyhow::Result<()> {
             current
         }));
     }
+    daemon.occupancy = daemon.datapath.occupancy();
+    daemon.next_occupancy = Instant::now() + OCCUPANCY_INTERVAL;
     daemon.refresh_snapshot();
 
     let mut ticks = tokio::time::interval(TICK);
@@ -695,6 +707,10 @@ impl Daemon {
         self.bans.prune(now);
         self.spawn_due_resolutions();
         self.count_rate_sources();
+        if Instant::now() >= self.next_occupancy {
+            self.occupancy = self.datapath.occupancy();
+            self.next_occupancy = Instant::now() + OCCUPANCY_INTERVAL;
+        }
         if self.dirty {
             self.save_state();
         }
@@ -1190,7 +1206,7 @@ impl Daemon {
             .into_iter()
             .map(|((kind, origin), count)| (kind, origin, count))
             .collect();
-        snapshot.maps = self.datapath.occupancy();
+        snapshot.maps = self.occupancy.clone();
         snapshot.maps.push(self.rate_occupancy.clone());
         snapshot.events_received = self.events_received;
         snapshot.reloads = self.reloads;
