@@ -98,14 +98,25 @@ fn summary(policy: &Policy) -> String {
         if policy.bans.enabled {
             let bans = &policy.bans;
             format!(
-                "bans         after {} offence units within {}: {}, doubling up to {}",
+                "bans         after {} offence units, {} unanswered challenges or {} rejected \
+                 user names within {}: {}, doubling up to {}",
                 bans.max_failures,
+                bans.max_challenges + 1,
+                bans.max_users + 1,
                 humantime::format_duration(bans.find_time),
                 humantime::format_duration(bans.ban_time),
                 humantime::format_duration(bans.max_ban_time)
             )
         } else {
             "bans         off".to_owned()
+        },
+        if policy.responsive.enabled {
+            format!(
+                "responsive   sources the PBX registers are trusted for the registration + {}",
+                humantime::format_duration(policy.responsive.grace)
+            )
+        } else {
+            "responsive   off".to_owned()
         },
         format!(
             "metrics      {}",
@@ -153,5 +164,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("0 denied prefixes"), "{text}");
+        assert!(
+            text.contains(
+                "after 5 offence units, 11 unanswered challenges or 4 rejected user names"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("responsive   off"), "{text}");
+        assert!(
+            text.contains("all untrusted sources together: off"),
+            "{text}"
+        );
     }
 }
