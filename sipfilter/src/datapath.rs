@@ -139,43 +139,24 @@ impl Datapath {
         let program: &mut Xdp = program(&mut ebpf)?;
         program.load()?;
         egress_program(&mut ebpf)?.load()?;
+        for name in [program_names::SIP, program_names::HEADERS] {
+            let stage: &mut Xdp = ebpf
+                .program_mut(name)
+                .expect("the object holds every stage")
+                .try_into()?;
+            stage.load()?;
+        }
         let reader: &mut SchedClassifier = ebpf
             .program_mut(program_names::EGRESS_READ)
             .expect("the object holds the egress reader")
             .try_into()?;
         reader.load()?;
-        let fd = reader
-            .fd()?
-            .try_clone()
-            .map_err(|e| DatapathError::Program(e.into()))?;
-        let mut next: ProgramArray<&mut MapData> = ProgramArray::try_from(
-            ebpf.map_mut(map_names::EGRESS_STAGES)
-                .expect("SF_EGRESS_NEXT in object"),
-        )
-        .map_err(map_error(map_names::EGRESS_STAGES))?;
-        next.set(0, &fd, 0)
-            .map_err(map_error(map_names::EGRESS_STAGES))?;
-        for (name, stage) in [
-            (program_names::SIP, STAGE_SIP),
-            (program_names::HEADERS, STAGE_HEADERS),
+        for (name, map, index) in [
+            (program_names::SIP, map_names::STAGES, STAGE_SIP),
+            (program_names::HEADERS, map_names::STAGES, STAGE_HEADERS),
+            (program_names::EGRESS_READ, map_names::EGRESS_STAGES, 0),
         ] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .expect("the object holds every stage")
-                .try_into()?;
-            program.load()?;
-            let fd = program
-                .fd()?
-                .try_clone()
-                .map_err(|e| DatapathError::Program(e.into()))?;
-            let mut stages: ProgramArray<&mut MapData> = ProgramArray::try_from(
-                ebpf.map_mut(map_names::STAGES)
-                    .expect("SF_STAGES in object"),
-            )
-            .map_err(map_error(map_names::STAGES))?;
-            stages
-                .set(stage, &fd, 0)
-                .map_err(map_error(map_names::STAGES))?;
+            install_stage(&mut ebpf, name, map, index)?;
         }
         let datapath = Datapath {
             ebpf,
@@ -760,6 +741,21 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .program_mut(program_names::MAIN)
         .expect("the object holds the sipfilter program");
     Ok(program.try_into()?)
+}
+
+/// Puts the loaded program `name` at `index` of the program array `map`, where the program
+/// before it tail-calls it.
+fn install_stage(ebpf: &mut Ebpf, name: &str, map: &'static str, index: u32) -> Result<()> {
+    let fd = ebpf
+        .program(name)
+        .expect("the object holds every stage")
+        .fd()?
+        .try_clone()
+        .map_err(|e| DatapathError::Program(e.into()))?;
+    let mut stages: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(ebpf.map_mut(map).expect("stage arrays in object"))
+            .map_err(map_error(map))?;
+    stages.set(index, &fd, 0).map_err(map_error(map))
 }
 
 fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {

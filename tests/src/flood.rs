@@ -18,11 +18,10 @@
 //! used instead of a private range because nothing anywhere can be reached at it. Every run is
 //! bounded by [`MAX_DURATION`] and a packet count.
 
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -544,24 +543,10 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
-/// An `AF_PACKET` socket bound to `ifname`, sending only (protocol 0: it receives nothing),
+/// [`crate::raw::packet_socket`] (an `AF_PACKET` socket bound to `ifname`, sending only),
 /// bypassing the qdisc (`PACKET_QDISC_BYPASS`), as packet generators do.
 fn packet_socket(ifname: &str) -> Result<OwnedFd> {
-    let name = CString::new(ifname)?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    ensure!(
-        ifindex != 0,
-        "no interface {ifname}: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: plain socket creation; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = crate::raw::packet_socket(ifname)?;
     let one: libc::c_int = 1;
     // SAFETY: the pointer and length describe `one`.
     let rc = unsafe {
@@ -575,21 +560,6 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("PACKET_QDISC_BYPASS");
-    }
-    // SAFETY: sockaddr_ll is plain data, valid when zeroed.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: the pointer and length describe `addr`.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
     }
     Ok(socket)
 }

@@ -46,7 +46,7 @@ pub fn send_frames<F: AsRef<[u8]>>(
 /// An `AF_PACKET` socket bound to `ifname` for sending only (protocol 0 receives nothing, so it
 /// cannot fill up with the interface's traffic). Must run inside the interface's namespace:
 /// the name is resolved there.
-fn packet_socket(ifname: &str) -> Result<OwnedFd> {
+pub(crate) fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     let name = CString::new(ifname)?;
     // SAFETY: `name` is a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
