@@ -388,5 +388,30 @@ fn attackers_are_banned_from_the_pbx_answers_and_the_phone_is_learned() {
     assert!(stats["responses"]["success"].as_u64().unwrap_or(0) >= 1);
 
     assert_eq!(daemon.stop(STOP).expect("SIGTERM").code(), Some(0));
+    // Learned trust is kept like bans: in the state file, with the account and the expiry.
+    let state = std::fs::read_to_string(pins.state_file()).expect("state file");
+    let state: Value = serde_json::from_str(&state).expect("state file is JSON");
+    let saved = state["learned"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["address"] == PHONE.to_string()))
+        .unwrap_or_else(|| panic!("the phone's learned trust is saved: {state:#}"));
+    assert_eq!(saved["user"], "1000", "{saved}");
+
+    // A restarted daemon restores it, and an operator can take it back.
+    let mut daemon = Daemon::attach(&lab.pbx, &pins, &args).expect("sipfilter restarts");
+    daemon.wait_ready(Duration::from_secs(30)).expect("ready");
+    assert!(
+        row_for(&list(&pins, "learned"), &PHONE.to_string()).is_some(),
+        "restored after a restart: {}",
+        daemon.log()
+    );
+    let removed = pins.command(None, &["remove", &PHONE.to_string()]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert!(row_for(&list(&pins, "learned"), &PHONE.to_string()).is_none());
+    assert_eq!(daemon.stop(STOP).expect("SIGTERM").code(), Some(0));
     kamailio.stop().expect("kamailio stops");
 }
