@@ -40,7 +40,10 @@ pub const KAMAILIO_LIFETIME: Duration = Duration::from_secs(600);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Grace between SIGTERM and SIGKILL, both for our own stop and for the `timeout` wrapper.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Kamailio stops its workers one by one; with a dozen lab tests running at once on two cores
+/// that took more than 5 s once, and `timeout` then SIGKILLs its whole process group, itself
+/// included, which reads as a failed stop. Kamailio's own limit is 60 s (`exit_timeout`).
+const KILL_GRACE: Duration = Duration::from_secs(20);
 
 /// Upper bounds on what one attacker run may be asked to do.
 pub const MAX_EXTENSIONS: usize = 1000;
@@ -164,7 +167,7 @@ pub struct LabProcess {
 }
 
 impl LabProcess {
-    /// Runs `timeout --kill-after=5 LIFETIME args...` in `ns` with stdin closed and stdout and
+    /// Runs `timeout --kill-after=20 LIFETIME args...` in `ns` with stdin closed and stdout and
     /// stderr going to the given files (the same file for both when the paths are equal).
     pub fn spawn(
         ns: &NetNs,
