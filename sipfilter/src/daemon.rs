@@ -649,27 +649,18 @@ impl Daemon {
             self.policy.responsive.grace,
             now,
         );
-        match learning {
-            Learning::New => {
-                log::info!(
-                    "learned trust for {} ({}) until {}",
-                    event.source,
-                    user.unwrap_or("no user"),
-                    self.learned
-                        .entries()
-                        .find(|entry| entry.address == event.source)
-                        .map_or_else(String::new, |entry| rfc3339(entry.until))
-                );
-            }
-            Learning::Extended => {}
-            Learning::Unchanged => return,
+        if learning == Learning::Unchanged {
+            return;
         }
-        let until = self
-            .learned
-            .entries()
-            .find(|entry| entry.address == event.source)
-            .map(|entry| entry.until)
-            .expect("just learned");
+        let until = self.learned.until(event.source).expect("just learned");
+        if learning == Learning::New {
+            log::info!(
+                "learned trust for {} ({}) until {}",
+                event.source,
+                user.unwrap_or("no user"),
+                rfc3339(until)
+            );
+        }
         let key = TrieKey::from_net(&IpNet::from(event.source));
         if let Err(error) = self.datapath.allow_one(&key, monotonic(until)) {
             log::error!("trusting {}: {error}", event.source);

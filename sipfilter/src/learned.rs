@@ -121,6 +121,11 @@ impl LearnedTrust {
             .collect()
     }
 
+    /// When the trust of `address` ends, if it is learned.
+    pub fn until(&self, address: IpAddr) -> Option<SystemTime> {
+        self.entries.get(&address).map(|entry| entry.until)
+    }
+
     /// Whether `address` is trusted at `now`.
     pub fn is_trusted(&self, address: IpAddr, now: SystemTime) -> bool {
         self.entries
@@ -186,6 +191,7 @@ mod tests {
         let entry = trust.entries().next().unwrap();
         assert_eq!((entry.since, entry.until), (at(0), at(1200)));
         assert_eq!(entry.user.as_deref(), Some("1001"));
+        assert_eq!(trust.until(PHONE), Some(at(1200)));
         assert_eq!(trust.expire(at(1199)), []);
         assert_eq!(trust.expire(at(1200)).len(), 1);
         assert!(trust.is_empty());

@@ -9,9 +9,7 @@
 //! once per way through the parsers.
 
 use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
-use sipfilter_common::{
-    EventKind, Method, ResponseClass, TRANSPORT_TCP, TRANSPORT_UDP, port_class,
-};
+use sipfilter_common::{EventKind, Method, ResponseClass, port_class};
 use sipfilter_ebpf::sip::{
     self as parser, SCAN_BYTES, ScanBuf,
     response::{self, ResponseHeaders},
@@ -20,7 +18,7 @@ use sipfilter_ebpf::sip::{
 use super::{
     eth::{self, ETH_P_IP, ETH_P_IPV6},
     events::{Answer, emit_answer},
-    ip::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Origin, Peer},
+    ip::{Fragment, Origin, Peer},
     ipv4, ipv6, l4,
     maps::{SF_EGRESS_BUF, SF_EGRESS_HAND},
     policy::port_class,
@@ -51,18 +49,15 @@ pub fn watch(ctx: &TcContext) -> bool {
     let Some(net) = net else {
         return false;
     };
-    if net.fragment == Fragment::Later
-        || net.too_deep
-        || (net.protocol != IPPROTO_UDP && net.protocol != IPPROTO_TCP)
-    {
+    if net.fragment == Fragment::Later || net.too_deep {
         return false;
     }
+    // `None` for anything but UDP and TCP.
     let Some(transport) = l4::parse(ctx, &net) else {
         return false;
     };
     if !transport.consistent
         || port_class(transport.transport, transport.src_port) != port_class::SIP
-        || (transport.transport != TRANSPORT_UDP && transport.transport != TRANSPORT_TCP)
     {
         return false;
     }

@@ -43,6 +43,31 @@ pub fn check(config: &Config, key: &SourceKey, method: Method) -> Verdict {
     }
 }
 
+/// One GCRA step on the theoretical arrival time `tat`: whether a request at `now` conforms. A
+/// conforming request is accounted for; one over the limit leaves `tat` as it is.
+///
+/// # Safety
+/// `tat` must point into a live map value; it is accessed with single loads and stores or
+/// atomically.
+#[inline(always)]
+unsafe fn conforms(tat: *mut u64, params: &RateParams, now: u64) -> bool {
+    // SAFETY: per the caller.
+    unsafe {
+        let current = tat.read_volatile();
+        if current <= now {
+            tat.write_volatile(now + params.interval_ns);
+            return true;
+        }
+        if current - now > params.tolerance_ns {
+            return false;
+        }
+        // The bpfel target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist;
+        // the intrinsic compiles to the eBPF atomic add.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat, params.interval_ns);
+    }
+    true
+}
+
 /// The bucket of all untrusted sources: the same GCRA on a single shared timestamp.
 #[inline(always)]
 fn check_total(params: &RateParams, now: u64) -> Verdict {
@@ -52,20 +77,12 @@ fn check_total(params: &RateParams, now: u64) -> Verdict {
     let Some(tat) = SF_RATE_TOTAL.get_ptr_mut(0) else {
         return Verdict::Conforming;
     };
-    // SAFETY: `tat` points into a live map value, a u64 accessed with single loads and stores
-    // or atomically.
-    unsafe {
-        let current = tat.read_volatile();
-        if current <= now {
-            tat.write_volatile(now + params.interval_ns);
-            return Verdict::Conforming;
-        }
-        if current - now > params.tolerance_ns {
-            return Verdict::ExceededTotal;
-        }
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat, params.interval_ns);
+    // SAFETY: `tat` points into a live map value.
+    if unsafe { conforms(tat, params, now) } {
+        Verdict::Conforming
+    } else {
+        Verdict::ExceededTotal
     }
-    Verdict::Conforming
 }
 
 #[inline(always)]
@@ -90,7 +107,7 @@ fn check_source(config: &Config, key: &SourceKey, method: Method, now: u64) -> V
         let _ = SF_RATE.insert(key, &fresh, BPF_NOEXIST as u64);
         return Verdict::Conforming;
     };
-    // SAFETY: `state` points into a live map value; the fields are u64, accessed with single
+    // SAFETY: `state` points into a live map value; its fields are u64, accessed with single
     // loads and stores or atomically.
     unsafe {
         let tat = if is_register {
@@ -98,22 +115,14 @@ fn check_source(config: &Config, key: &SourceKey, method: Method, now: u64) -> V
         } else {
             &raw mut (*state).invite_tat
         };
-        let current = tat.read_volatile();
-        if current <= now {
-            tat.write_volatile(now + params.interval_ns);
+        if conforms(tat, &params, now) {
             return Verdict::Conforming;
         }
-        if current - now > params.tolerance_ns {
-            let last = &raw mut (*state).last_event_ns;
-            let report = now.wrapping_sub(last.read_volatile()) >= config.event_interval_ns;
-            if report {
-                last.write_volatile(now);
-            }
-            return Verdict::Exceeded { report };
+        let last = &raw mut (*state).last_event_ns;
+        let report = now.wrapping_sub(last.read_volatile()) >= config.event_interval_ns;
+        if report {
+            last.write_volatile(now);
         }
-        // The bpfel target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist;
-        // the intrinsic compiles to the eBPF atomic add.
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat, params.interval_ns);
+        Verdict::Exceeded { report }
     }
-    Verdict::Conforming
 }
