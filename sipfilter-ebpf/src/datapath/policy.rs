@@ -1,4 +1,4 @@
-//! The pipeline: parse, source checks, port class, SIP checks. Each stage returns the reason
+//! The pipeline: parse, source checks, port class, rate limit, SIP checks. Each stage returns the reason
 //! that decides the packet, or lets the next stage run; `main.rs` counts the one final reason.
 
 use aya_ebpf::programs::XdpContext;
@@ -72,6 +72,9 @@ fn decide_inner(ctx: &XdpContext) -> Result<Stage, Reason> {
             )
         }
         port_class::TLS => Err(Reason::Tls),
-        _ => Ok(sip::hand_over(&net, &transport)),
+        _ => match sip::limit_rate(ctx, &net, &transport, config) {
+            Some(reason) => Err(reason),
+            None => Ok(sip::hand_over(&net, &transport)),
+        },
     }
 }

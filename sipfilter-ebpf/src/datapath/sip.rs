@@ -2,9 +2,9 @@
 //! neither denied nor trusted. The message is copied once into the per-CPU scan buffer; the
 //! parsing itself is `sipfilter_ebpf::sip`, shared with the host tests.
 //!
-//! Three programs share a packet: the main program parses headers and checks the source and
-//! port, then tail-calls the SIP program (start line, rate, toll fraud), which tail-calls the
-//! header-scan program when scanner patterns are loaded. Each reads its inputs from the
+//! Three programs share a packet: the main program parses headers, checks the source and port
+//! and applies the rate limit ([`limit_rate`]), then tail-calls the SIP program (start line,
+//! toll fraud), which tail-calls the header-scan program when scanner patterns are loaded. Each reads its inputs from the
 //! per-CPU [`Handoff`], so the verifier checks each from a single state.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
@@ -15,9 +15,11 @@ use sipfilter_common::{
 use sipfilter_ebpf::{
     matcher,
     sip::{self as parser, RequestHeaders, SCAN_BYTES, ScanBuf, wanted},
+    swar::{low_bytes, word_of},
 };
 
 use super::{
+    cursor::read,
     events::{Occurrence, emit},
     ip::{Network, Origin},
     l4::Transport,
@@ -67,6 +69,69 @@ fn monitored(config: &Config, kind: RuleKind) -> bool {
     config.monitor_mask & kind.bit() != 0
 }
 
+/// The per-source rate limit, in the main program: REGISTER and INVITE are told by their
+/// first bytes, so a flood that is over its limit (most of a flood's packets) is dropped
+/// before the tail call, the copy into the scan buffer and the start-line parse. A message
+/// that starts like a REGISTER or INVITE counts against the limit whether or not the rest of
+/// its start line parses.
+#[inline(always)]
+pub fn limit_rate(
+    ctx: &XdpContext,
+    net: &Network,
+    transport: &Transport,
+    config: &Config,
+) -> Option<Reason> {
+    let method = rate_limited_method(ctx, transport)?;
+    // Allowlist-only SIP ports refuse everything from untrusted sources in the SIP stage,
+    // except REGISTER in responsive mode.
+    if config.flags & config_flags::UNTRUSTED_SIP_DROP != 0
+        && (config.flags & config_flags::RESPONSIVE == 0 || method != Method::Register)
+    {
+        return None;
+    }
+    let origin = Origin::new(net, transport.src_port, transport.dst_port);
+    let key = source_key(&origin, config);
+    let reason = match rate::check(config, &key, method) {
+        Verdict::Conforming => return None,
+        Verdict::Exceeded { report } => {
+            let reason = if method == Method::Register {
+                Reason::RateRegister
+            } else {
+                Reason::RateInvite
+            };
+            if report {
+                emit(
+                    &Occurrence {
+                        kind: EventKind::RateLimited,
+                        reason,
+                        origin: &origin,
+                        method,
+                        monitored: monitored(config, RuleKind::RateLimit),
+                    },
+                    None,
+                );
+            }
+            reason
+        }
+        Verdict::ExceededTotal => Reason::RateTotal,
+    };
+    let drop = enforce(config, RuleKind::RateLimit, reason)?;
+    // Dropped before the SIP stage, which counts the methods of the rest.
+    count_method(method);
+    Some(drop)
+}
+
+/// `REGISTER ` or `INVITE ` at the start of the payload (methods are case-sensitive).
+#[inline(always)]
+fn rate_limited_method(ctx: &XdpContext, transport: &Transport) -> Option<Method> {
+    let head = read::<u64>(ctx, transport.payload_offset)?;
+    if head == word_of(b"REGISTER") {
+        return (read::<u8>(ctx, transport.payload_offset + 8)? == b' ')
+            .then_some(Method::Register);
+    }
+    (head & low_bytes(7) == word_of(b"INVITE ")).then_some(Method::Invite)
+}
+
 /// Called by the main program for a packet to a SIP port: records what the SIP stage needs.
 #[inline(always)]
 pub fn hand_over(net: &Network, transport: &Transport) -> Stage {
@@ -92,7 +157,7 @@ fn slots() -> Option<(&'static mut ScanBuf, &'static mut Handoff, &'static Confi
     Some(unsafe { (&mut *buf, &mut *handoff, config) })
 }
 
-/// The SIP program's body: start line, rate limit, toll fraud.
+/// The SIP program's body: start line, toll fraud.
 #[inline(always)]
 pub fn inspect(ctx: &XdpContext) -> Stage {
     let Some((buf, handoff, config)) = slots() else {
@@ -150,36 +215,6 @@ pub fn inspect(ctx: &XdpContext) -> Stage {
         method: start.method,
         monitored: monitored(config, kind_of_rule),
     };
-
-    // Rate first: under a flood, most packets are over the rate and are dropped before the
-    // costlier checks.
-    if start.method == Method::Register || start.method == Method::Invite {
-        let key = source_key(&origin, config);
-        match rate::check(config, &key, start.method) {
-            Verdict::Conforming => {}
-            Verdict::Exceeded { report } => {
-                let reason = if start.method == Method::Register {
-                    Reason::RateRegister
-                } else {
-                    Reason::RateInvite
-                };
-                if report {
-                    emit(
-                        &event(EventKind::RateLimited, reason, RuleKind::RateLimit),
-                        None,
-                    );
-                }
-                if let Some(drop) = enforce(config, RuleKind::RateLimit, reason) {
-                    return Stage::Done(drop);
-                }
-            }
-            Verdict::ExceededTotal => {
-                if let Some(drop) = enforce(config, RuleKind::RateLimit, Reason::RateTotal) {
-                    return Stage::Done(drop);
-                }
-            }
-        }
-    }
 
     if start.method == Method::Invite
         && config.flags & config_flags::TOLL_FRAUD != 0

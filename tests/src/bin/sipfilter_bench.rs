@@ -56,18 +56,25 @@ const DRAINED_REPEAT: u32 = 10_000;
 /// path, one array read and no trie lookup.
 macro_rules! policy {
     () => {
-        r#"
+        policy!("{ rate = 1000000, burst = 1000000 }")
+    };
+    ($register:literal) => {
+        concat!(
+            r#"
 [sources]
 allow = ["192.0.2.10"]
 deny = ["203.0.113.0/24", "3fff:bad::/48"]
 
 [rate_limit]
-register = { rate = 1000000, burst = 1000000 }
+register = "#,
+            $register,
+            r#"
 invite = { rate = 1000000, burst = 1000000 }
 
 [toll_fraud]
 deny_prefixes = ["00", "011", "+"]
 "#
+        )
     };
 }
 
@@ -84,9 +91,15 @@ from = []
 "#
 );
 
-/// Indices of the datapaths, loaded with [`POLICY`] and [`POLICY_NO_SCAN`].
+/// [`POLICY`] with one REGISTER per 1,000 s: after its first REGISTER, a source is over its
+/// limit for longer than the benchmark runs, so `register_over_limit` measures the drop of a
+/// flood's packets.
+const POLICY_FLOOD: &str = policy!("{ rate = 0.001, burst = 1 }");
+
+/// Indices of the datapaths, loaded with [`POLICY`], [`POLICY_NO_SCAN`] and [`POLICY_FLOOD`].
 const MAIN: usize = 0;
 const NO_SCAN: usize = 1;
+const FLOOD: usize = 2;
 
 /// Where the cases send to: the PBX.
 const PBX_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -188,6 +201,9 @@ struct Case {
     repeat_cap: Option<u32>,
     /// Empty the event ring before each run, as the daemon would, so every event is written.
     drain_events: bool,
+    /// Packets sent once, unchecked, before the path checks: they put the source where the
+    /// case needs it (over its rate limit).
+    prime: u32,
     /// Mean nanoseconds per packet, one per measured run.
     samples: Vec<f64>,
 }
@@ -231,6 +247,7 @@ fn case(key: &'static str, program: Program, packets: Vec<Vec<u8>>) -> Case {
         target_ns: None,
         repeat_cap: None,
         drain_events: false,
+        prime: 0,
         samples: Vec::new(),
     }
 }
@@ -482,6 +499,23 @@ fn cases(slots: usize) -> Vec<Case> {
         },
         Case {
             diagnostic: true,
+            what: format!(
+                "UDP {UNTRUSTED_V4} -> :5060, register_400 from a source over its limit: what \
+                 each packet of a single-source flood costs"
+            ),
+            sip_len: Some(register.len()),
+            action: XDP_DROP,
+            reason: Some(Reason::RateRegister),
+            method: Some(Method::Register),
+            prime: 1,
+            ..case(
+                "register_over_limit",
+                Program::Datapath(FLOOD),
+                vec![Packet::udp4(UNTRUSTED_V4, PBX_V4, 5060, 5060, &register).build()],
+            )
+        },
+        Case {
+            diagnostic: true,
             what: "register_400 with User-Agent and From renamed: header scan, no pattern match"
                 .into(),
             sip_len: Some(unmatched.len()),
@@ -539,7 +573,11 @@ struct Programs {
 impl Programs {
     fn load() -> Result<Programs> {
         let mut datapaths = Vec::new();
-        for (index, policy) in [(MAIN, POLICY), (NO_SCAN, POLICY_NO_SCAN)] {
+        for (index, policy) in [
+            (MAIN, POLICY),
+            (NO_SCAN, POLICY_NO_SCAN),
+            (FLOOD, POLICY_FLOOD),
+        ] {
             debug_assert_eq!(index, datapaths.len());
             datapaths.push(TestDatapath::load(policy).context("loading the datapath")?);
         }
@@ -825,6 +863,11 @@ fn bench(args: &Args) -> Result<()> {
 
     eprintln!("verifying the path of every packet");
     for case in &cases {
+        for packet in &case.packets {
+            if case.prime > 0 {
+                programs.run(case.program, packet, case.prime)?;
+            }
+        }
         verify(case, &mut programs)?;
     }
 
