@@ -516,11 +516,13 @@ impl Kamailio {
         SeenLog::parse(&self.log())
     }
 
-    /// Stops Kamailio (SIGTERM, then SIGKILL to the group after 5 s) and removes its directory.
-    /// Returns the exit status of the wrapper, which is Kamailio's own unless it had to be
-    /// killed.
-    pub fn stop(mut self) -> Result<ExitStatus> {
-        self.process.terminate()
+    /// Stops Kamailio (SIGTERM, then SIGKILL to the group after [`KILL_GRACE`]) and removes its
+    /// directory. Returns the exit status of the wrapper, which is Kamailio's own unless it had
+    /// to be killed, and its log up to the end, read before the directory goes (what it said
+    /// while shutting down explains a stop that did not end well).
+    pub fn stop(mut self) -> Result<(ExitStatus, String)> {
+        let status = self.process.terminate()?;
+        Ok((status, self.log()))
     }
 }
 

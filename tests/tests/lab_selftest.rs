@@ -77,8 +77,13 @@ impl Lab {
             pids.len() >= 3,
             "expected the timeout wrapper, kamailio and its workers, got {pids:?}"
         );
-        let status = self.kamailio.stop().expect("kamailio stops");
-        assert!(status.success(), "kamailio exited with {status}");
+        let (status, log) = self.kamailio.stop().expect("kamailio stops");
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        assert!(
+            status.success(),
+            "kamailio exited with {status}; the end of its log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
         assert_gone(&pids, &dir);
     }
 }
