@@ -760,14 +760,20 @@ impl LegitReport {
         percentile_ms(&self.register_times, p)
     }
 
-    pub fn merge(&mut self, other: &LegitReport) {
-        self.registrations += other.registrations;
-        self.registered += other.registered;
-        self.register_times.extend(&other.register_times);
-        self.options += other.options;
-        self.options_ok += other.options_ok;
-        self.options_times.extend(&other.options_times);
-        self.errors.extend(other.errors.iter().cloned());
+    /// One report of all of `reports` together (the runs of one defence, say), so that
+    /// percentiles are taken over every sample.
+    pub fn pooled<'a>(reports: impl IntoIterator<Item = &'a LegitReport>) -> LegitReport {
+        let mut all = LegitReport::default();
+        for report in reports {
+            all.registrations += report.registrations;
+            all.registered += report.registered;
+            all.register_times.extend(&report.register_times);
+            all.options += report.options;
+            all.options_ok += report.options_ok;
+            all.options_times.extend(&report.options_times);
+            all.errors.extend(report.errors.iter().cloned());
+        }
+        all
     }
 }
 

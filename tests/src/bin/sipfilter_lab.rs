@@ -594,17 +594,11 @@ fn goals(args: &BenchArgs, policy: &LabPolicy, rows: &[Row], quiet: &[Measuremen
     // The p99 of all registrations of all runs together: a run has one registration per
     // second, and the p99 of fewer than 100 samples is just the slowest one, so per-run p99s
     // (the table's) swing with any single stall of the shared machine.
-    let mut quiet_all = LegitReport::default();
-    for m in quiet {
-        quiet_all.merge(&m.legit);
-    }
+    let quiet_all = LegitReport::pooled(quiet.iter().map(|m| &m.legit));
     let quiet_p99 = quiet_all.register_ms(99.0);
     let single = matches!(args.scenario, Scenario::Single | Scenario::Single6);
     for row in rows.iter().filter(|r| r.defence.is_sipfilter()) {
-        let mut all = LegitReport::default();
-        for m in &row.runs {
-            all.merge(&m.legit);
-        }
+        let all = LegitReport::pooled(row.runs.iter().map(|m| &m.legit));
         let p99 = all.register_ms(99.0);
         let samples = all.register_times.len().min(quiet_all.register_times.len());
         let _ = writeln!(
@@ -803,10 +797,7 @@ fn learned_goal(row: &Row) -> String {
     if kept.is_empty() {
         return String::new();
     }
-    let mut all = LegitReport::default();
-    for learned in row.runs.iter().filter_map(|m| m.learned.as_ref()) {
-        all.merge(learned);
-    }
+    let all = LegitReport::pooled(row.runs.iter().filter_map(|m| m.learned.as_ref()));
     let p99 = all.register_ms(99.0);
     let drops: Vec<String> = row
         .runs
