@@ -134,8 +134,8 @@ fn header_scan_steps(len: usize) -> usize {
     len.min(SCAN_BYTES) / 8 + 1 + MAX_HEADER_LINES
 }
 
-/// Bytes of a header value the scanner patterns are matched in (`crate::matcher`). User-Agent and From values are far
-/// shorter; a longer value is inspected up to here.
+/// Bytes of a header value the scanner patterns are matched in (`crate::matcher`). User-Agent
+/// and From values are far shorter; a longer value is inspected up to here.
 pub const MAX_VALUE_BYTES: usize = 256;
 
 /// Longest method token we accept for an extension method; the longest standard one is

@@ -1,5 +1,6 @@
-//! The pipeline: parse, source checks, port class, rate limit, SIP checks. Each stage returns the reason
-//! that decides the packet, or lets the next stage run; `main.rs` counts the one final reason.
+//! The pipeline: parse, source checks, port class, rate limit, SIP checks. Each stage returns
+//! the reason that decides the packet, or lets the next stage run; `main.rs` counts the one
+//! final reason.
 
 use aya_ebpf::programs::XdpContext;
 use sipfilter_common::{Reason, RuleKind, port_class};
