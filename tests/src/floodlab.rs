@@ -31,7 +31,7 @@ use ipnet::IpNet;
 use crate::daemon::{Daemon, PinDir, PolicyFile};
 use crate::flood::{self, FloodReport, FloodSources, FloodSpec};
 use crate::lab::{Kamailio, LabDir, SeenLog, SipClient};
-use crate::netns::{NetNs, link};
+use crate::netns::{NetNs, link_with_queues};
 
 pub const ATTACKER_IF: &str = "atk0";
 pub const USER_IF: &str = "usr0";
@@ -113,6 +113,17 @@ impl Agent {
             Agent::Learned => USERS[2],
         }
     }
+
+    /// Where its schedule starts within a [`LEGIT_TICK`]: the agents stand for phones of their
+    /// own, whose requests do not reach the PBX at the same instant (in step, each agent's
+    /// registration would wait for the others' on Kamailio's two workers).
+    fn schedule_offset(self) -> Duration {
+        match self {
+            Agent::User => Duration::ZERO,
+            Agent::Trusted => LEGIT_TICK / 3,
+            Agent::Learned => LEGIT_TICK * 2 / 3,
+        }
+    }
 }
 
 /// Entries of the blocklist each defence carries (the 10,000-entry ipset). They are
@@ -180,8 +191,9 @@ impl FloodLab {
             (&user, USER_IF, "sw-usr"),
             (&pbx, PBX_IF, "sw-pbx"),
         ];
+        let queues = thread::available_parallelism().map_or(1, usize::from);
         for (ns, ifname, port) in hosts {
-            link(ns, ifname, &switch, port)?;
+            link_with_queues(ns, ifname, &switch, port, queues)?;
             switch.ip(&["link", "set", "dev", port, "master", BRIDGE])?;
             switch.up(port)?;
         }
@@ -357,6 +369,16 @@ impl FloodLab {
     /// Sends the flood (blocking) and reports what it achieved.
     pub fn flood(&self, spec: &FloodSpec, stop: &AtomicBool) -> Result<FloodReport> {
         flood::flood(&self.attacker, ATTACKER_IF, spec, stop)
+    }
+
+    /// [`FloodLab::flood`] of frames built beforehand ([`flood::frame_pool`]).
+    pub fn flood_frames(
+        &self,
+        spec: &FloodSpec,
+        pool: &[Vec<u8>],
+        stop: &AtomicBool,
+    ) -> Result<FloodReport> {
+        flood::flood_frames(&self.attacker, ATTACKER_IF, spec, pool, stop)
     }
 }
 
@@ -792,6 +814,9 @@ pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
 /// as failed.
 pub const LEGIT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// An agent's schedule: a registration, one tick later an OPTIONS, and so on.
+const LEGIT_TICK: Duration = Duration::from_millis(500);
+
 /// Runs a legitimate agent (the workload above, from `agent`'s address with its account) for
 /// `duration` or until `stop`.
 pub fn run_legit(
@@ -803,10 +828,10 @@ pub fn run_legit(
     let (user, password) = agent.credentials();
     let client = lab.client(agent)?.with_timeout(LEGIT_TIMEOUT);
     let mut report = LegitReport::default();
-    let started = Instant::now();
+    let started = Instant::now() + agent.schedule_offset();
     let mut tick = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        let due = started + Duration::from_millis(500) * tick;
+        let due = started + LEGIT_TICK * tick;
         if due >= started + duration {
             break;
         }
@@ -841,7 +866,7 @@ pub fn run_legit(
             }
         }
         // A slow transaction delays the schedule rather than bunching requests after it.
-        let elapsed_ticks = (started.elapsed().as_millis() / 500) as u32;
+        let elapsed_ticks = (started.elapsed().as_millis() / LEGIT_TICK.as_millis()) as u32;
         tick = (tick + 1).max(elapsed_ticks + 1);
     }
     Ok(report)
@@ -1046,6 +1071,13 @@ pub fn measure(
     };
     ensure!(!stop.load(Ordering::Relaxed), "interrupted");
 
+    let spec = workload.flood.as_ref().map(|(method, sources)| {
+        let mut spec = lab.flood_spec(*method, sources.clone(), workload.duration);
+        spec.rate = workload.rate;
+        spec
+    });
+    let pool = spec.as_ref().map(flood::frame_pool);
+
     let kamailio_pids = lab.kamailio.pids();
     let log_before = lab.kamailio.log().len();
     let softirq_before = softirq_seconds()?;
@@ -1058,15 +1090,11 @@ pub fn measure(
         .map(|s| s.counters())
         .transpose()?;
 
-    let spec = workload.flood.as_ref().map(|(method, sources)| {
-        let mut spec = lab.flood_spec(*method, sources.clone(), workload.duration);
-        spec.rate = workload.rate;
-        spec
-    });
     let (flood, legit, trusted, learned) = thread::scope(|scope| {
         let flood = spec
             .as_ref()
-            .map(|spec| scope.spawn(|| lab.flood(spec, stop)));
+            .zip(pool.as_deref())
+            .map(|(spec, pool)| scope.spawn(|| lab.flood_frames(spec, pool, stop)));
         let lab = &lab;
         let agent =
             |agent: Agent| scope.spawn(move || run_legit(lab, agent, workload.duration, stop));

@@ -243,13 +243,39 @@ impl Drop for NetNs {
 /// Creates a veth pair with `a_if` in `a` and `b_if` in `b`. The command runs inside `a`, so the
 /// kernel creates both ends in namespaces we own and the root namespace never sees a device.
 pub fn link(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
+    link_with_queues(a, a_if, b, b_if, 1)
+}
+
+/// [`link`] with `queues` receive and transmit queues on each end. A veth hands a frame to the
+/// receive queue of the sending CPU, each queue with its own NAPI instance once XDP runs on it,
+/// so one queue per CPU spreads traffic as a NIC's receive-side scaling does: a flood sent
+/// from one CPU then no longer holds up what other CPUs send.
+pub fn link_with_queues(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str, queues: usize) -> Result<()> {
     // The kernel truncates nothing: longer names are rejected, but say why up front.
     ensure!(
         a_if.len() <= 15 && b_if.len() <= 15,
         "interface names are at most 15 bytes: {a_if:?}, {b_if:?}"
     );
+    let queues = queues.to_string();
     a.ip(&[
-        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        "link",
+        "add",
+        a_if,
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
+        "netns",
+        &b.name,
     ])
     .map(drop)
 }

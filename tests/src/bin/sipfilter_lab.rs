@@ -403,12 +403,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
         trusted_agent: spoofed,
         learned_agent: spoofed,
     };
+    // The same agents, so that the flood is the only difference.
     let quiet_workload = Workload {
         flood: None,
-        duration,
         rate: None,
-        trusted_agent: false,
-        learned_agent: false,
+        ..flood_workload.clone()
     };
     // The reference for "p99 with no flood": sipfilter in driver mode (or the first defence).
     let reference = if defences.contains(&Defence::SipfilterDriver) {
@@ -442,11 +441,12 @@ fn bench(args: &BenchArgs) -> Result<()> {
         let measurement = floodlab::measure("fb", reference, &policy, &quiet_workload, &STOP)
             .with_context(|| format!("run {run}: no flood, {}", reference.name()))?;
         eprintln!(
-            "run {run}: no flood ({}): reg ok {:.0}%, p50 {:.2} ms, p99 {:.2} ms",
+            "run {run}: no flood ({}): reg ok {:.0}%, p50 {:.2} ms, p99 {:.2} ms{}",
             reference.name(),
             measurement.legit.success_rate() * 100.0,
             measurement.legit.register_ms(50.0),
-            measurement.legit.register_ms(99.0)
+            measurement.legit.register_ms(99.0),
+            agents_summary(&measurement)
         );
         quiet.push(measurement);
         for row in &mut rows {
