@@ -10,8 +10,9 @@ use std::{env, fs, path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 const EBPF_PACKAGE: &str = "sipfilter-ebpf";
-/// Binaries of the eBPF package: the datapath and the trivial program the benchmark compares with.
-const EBPF_BINS: &[&str] = &["sipfilter", "xdp-pass"];
+/// Binaries of the eBPF package: the datapath, the trivial program the benchmark compares with
+/// and the flood lab's frame source.
+const EBPF_BINS: &[&str] = &["sipfilter", "xdp-pass", "xdp-flood"];
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);

@@ -710,6 +710,48 @@ const _: () = assert!(
 );
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
 
+// ---------------------------------------------------------------------------------------------
+// The flood lab's frame source (`xdp_flood`, not part of the filter)
+// ---------------------------------------------------------------------------------------------
+
+pub mod flood {
+    /// Largest frame of the pool (a REGISTER is about 600 bytes, an INVITE with SDP 900).
+    pub const FRAME_BYTES: usize = 1024;
+
+    pub mod map_names {
+        /// `Array<FloodFrame>`, sized by the loader to the pool.
+        pub const FRAMES: &str = "SF_FLOOD_FRAMES";
+        /// `Array<FloodConfig>`, one entry.
+        pub const CONFIG: &str = "SF_FLOOD_CONFIG";
+    }
+
+    /// One frame of the pool, Ethernet header first.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct FloodFrame {
+        pub len: u64,
+        pub bytes: [u8; FRAME_BYTES],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct FloodConfig {
+        /// Interface the frames are redirected to (in the caller's network namespace).
+        pub ifindex: u32,
+        /// Frames in the pool.
+        pub frames: u32,
+        /// Frame to send next; the program advances it (one caller at a time).
+        pub next: u64,
+        /// Length of the packet each run starts with (the test run's input), which the program
+        /// trims to the frame's.
+        pub packet_len: u32,
+        pub padding: u32,
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<flood::FloodFrame>() == 8 + flood::FRAME_BYTES);
+const _: () = assert!(core::mem::size_of::<flood::FloodConfig>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -724,6 +766,8 @@ mod pod {
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for PatternSet {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for flood::FloodFrame {}
+    unsafe impl aya::Pod for flood::FloodConfig {}
 }
 
 /// Source key of an IPv4 address (network-order bytes).

@@ -45,6 +45,12 @@ static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub static XDP_PASS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
 
+/// The flood lab's frame source (`xdp_flood`), which `BPF_PROG_TEST_RUN` runs in live-frames
+/// mode to send frames as a NIC would hand them over.
+#[cfg(feature = "bench")]
+pub static XDP_FLOOD_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-flood"));
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("loading the eBPF object failed: {0}")]

@@ -484,21 +484,8 @@ fn send_loop(
     let mut next = 0usize;
     let cpu_before = thread_cpu_time();
     let started = Instant::now();
-    let deadline = started + spec.duration;
-    while report.sent < spec.max_packets && !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        if let Some(rate) = spec.rate {
-            // Ahead of the schedule: wait until it catches up (at most to the deadline).
-            let due = Duration::from_secs_f64(report.sent as f64 / rate as f64);
-            let elapsed = now - started;
-            if due > elapsed {
-                thread::sleep((due - elapsed).min(deadline - now));
-                continue;
-            }
-        }
+    let pacer = Pacer::new(spec, started);
+    while report.sent < spec.max_packets && pacer.wait(report.sent, stop) {
         let count = batch.min((spec.max_packets - report.sent) as usize);
         for k in 0..count {
             let frame = &pool[(next + k) % pool.len()];
@@ -542,6 +529,43 @@ fn send_loop(
     report.elapsed = started.elapsed();
     report.thread_cpu = thread_cpu_time().saturating_sub(cpu_before);
     Ok(report)
+}
+
+/// Holds a send loop to its flood's rate (when it has one) and duration.
+pub(crate) struct Pacer {
+    started: Instant,
+    deadline: Instant,
+    rate: Option<u64>,
+}
+
+impl Pacer {
+    pub(crate) fn new(spec: &FloodSpec, started: Instant) -> Pacer {
+        Pacer {
+            started,
+            deadline: started + spec.duration,
+            rate: spec.rate,
+        }
+    }
+
+    /// Waits until the frame after `sent` is due; false once the flood is over (its duration
+    /// is up, or `stop` is set).
+    pub(crate) fn wait(&self, sent: u64, stop: &AtomicBool) -> bool {
+        loop {
+            let now = Instant::now();
+            if stop.load(Ordering::Relaxed) || now >= self.deadline {
+                return false;
+            }
+            let Some(rate) = self.rate else {
+                return true;
+            };
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            let elapsed = now - self.started;
+            if due <= elapsed {
+                return true;
+            }
+            thread::sleep((due - elapsed).min(self.deadline - now));
+        }
+    }
 }
 
 /// CPU time of the calling thread so far.

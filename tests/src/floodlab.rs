@@ -30,6 +30,7 @@ use ipnet::IpNet;
 
 use crate::daemon::{Daemon, PinDir, PolicyFile};
 use crate::flood::{self, FloodReport, FloodSources, FloodSpec};
+use crate::flood_xdp;
 use crate::lab::{Kamailio, LabDir, SeenLog, SipClient};
 use crate::netns::{NetNs, link_with_queues};
 
@@ -371,14 +372,28 @@ impl FloodLab {
         flood::flood(&self.attacker, ATTACKER_IF, spec, stop)
     }
 
-    /// [`FloodLab::flood`] of frames built beforehand ([`flood::frame_pool`]).
+    /// [`FloodLab::flood`] of frames built beforehand ([`flood::frame_pool`]), sent by
+    /// `source`.
     pub fn flood_frames(
         &self,
+        source: FrameSource,
         spec: &FloodSpec,
         pool: &[Vec<u8>],
         stop: &AtomicBool,
     ) -> Result<FloodReport> {
-        flood::flood_frames(&self.attacker, ATTACKER_IF, spec, pool, stop)
+        match source {
+            FrameSource::PacketSocket => {
+                flood::flood_frames(&self.attacker, ATTACKER_IF, spec, pool, stop)
+            }
+            FrameSource::LiveFrames => {
+                // A veth accepts redirected frames only when its peer runs NAPI, which GRO
+                // turns on without an XDP program there.
+                self.switch
+                    .exec(&["ethtool", "-K", "sw-atk", "gro", "on"])
+                    .context("turning GRO on for sw-atk (NAPI for redirected frames)")?;
+                flood_xdp::flood_live(&self.attacker, ATTACKER_IF, spec, pool, stop)
+            }
+        }
     }
 }
 
@@ -962,10 +977,22 @@ pub fn udp_counters(ns: &NetNs) -> Result<(u64, u64)> {
 // ------------------------------------------------------------------------------------------
 // One measurement
 
+/// How the flood's frames leave the attacker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FrameSource {
+    /// `sendmmsg` on an `AF_PACKET` socket ([`flood::flood`]).
+    #[default]
+    PacketSocket,
+    /// `xdp_flood` in `BPF_PROG_TEST_RUN` live-frames mode ([`flood_xdp`]): frames in pages
+    /// with XDP's headroom, as a NIC hands them over.
+    LiveFrames,
+}
+
 /// What to run against a defence.
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub flood: Option<(flood::FloodMethod, FloodSources)>,
+    pub frames: FrameSource,
     pub duration: Duration,
     /// Flood frames per second to aim at (`None`: as fast as possible).
     pub rate: Option<u64>,
@@ -1091,10 +1118,9 @@ pub fn measure(
         .transpose()?;
 
     let (flood, legit, trusted, learned) = thread::scope(|scope| {
-        let flood = spec
-            .as_ref()
-            .zip(pool.as_deref())
-            .map(|(spec, pool)| scope.spawn(|| lab.flood_frames(spec, pool, stop)));
+        let flood = spec.as_ref().zip(pool.as_deref()).map(|(spec, pool)| {
+            scope.spawn(|| lab.flood_frames(workload.frames, spec, pool, stop))
+        });
         let lab = &lab;
         let agent =
             |agent: Agent| scope.spawn(move || run_legit(lab, agent, workload.duration, stop));

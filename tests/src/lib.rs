@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod dns;
 pub mod e2e;
 pub mod flood;
+pub mod flood_xdp;
 pub mod floodlab;
 pub mod lab;
 pub mod netns;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use sipfilter_common::{Reason, stats};
 use sipfilter_tests::flood::{FloodMethod, FloodSources};
 use sipfilter_tests::floodlab::{
-    self, Agent, Defence, FLOOD_SOURCE_V4, FloodLab, LEARNED_V4, LabPolicy, LegitReport,
-    TRUSTED_V4, USERS, dropped, namespace_exists, run_legit,
+    self, Agent, Defence, FLOOD_SOURCE_V4, FloodLab, FrameSource, LEARNED_V4, LabPolicy,
+    LegitReport, TRUSTED_V4, USERS, dropped, namespace_exists, run_legit,
 };
 use sipfilter_tests::require_bpf;
 
@@ -315,6 +315,61 @@ fn sipfilter_holds_floods_in_the_lab() {
     drop(lab);
     let left: Vec<&String> = names.iter().filter(|n| namespace_exists(n)).collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+/// The generator's live-frames source (`xdp_flood` in `BPF_PROG_TEST_RUN`): its frames cross
+/// the switch, meet sipfilter's XDP program on the PBX and are real SIP to Kamailio.
+#[test]
+fn live_frames_reach_sipfilter_and_kamailio() {
+    if !require_bpf("live_frames_reach_sipfilter_and_kamailio") {
+        return;
+    }
+    const FRAMES: u64 = 2_000;
+    let never = AtomicBool::new(false);
+    let lab = FloodLab::new("fllive", false, LIFETIME).expect("the flood lab builds");
+    let names = lab.namespace_names();
+    let policy = LabPolicy::default();
+    let active = lab
+        .defend(Defence::SipfilterDriver, &policy)
+        .expect("sipfilter attaches in driver mode");
+    let guard = active.sipfilter.as_ref().unwrap();
+    let before = guard.counters().unwrap();
+    let log_before = lab.kamailio.log().len();
+    let mut spec = lab.flood_spec(
+        FloodMethod::Register,
+        FloodSources::Single(FLOOD_SOURCE_V4.into()),
+        Duration::from_secs(10),
+    );
+    spec.max_packets = FRAMES;
+    let pool = sipfilter_tests::flood::frame_pool(&spec);
+    let flood = lab
+        .flood_frames(FrameSource::LiveFrames, &spec, &pool, &never)
+        .expect("the live-frames flood runs");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = guard.counters().unwrap();
+    let seen = sipfilter_tests::lab::SeenLog::parse(&lab.kamailio.log()[log_before..]).unwrap();
+    let reached = seen.count_from("REGISTER", FLOOD_SOURCE_V4.into()) as u64;
+    let rate_dropped = reason(&after, Reason::RateRegister) - reason(&before, Reason::RateRegister);
+    eprintln!(
+        "live frames: {} sent in {:.3} s, {rate_dropped} dropped by the rate limit, {reached} \
+         at kamailio",
+        flood.sent,
+        flood.elapsed.as_secs_f64()
+    );
+    assert_eq!(flood.sent, FRAMES, "{flood:?}");
+    assert!(
+        reached >= u64::from(policy.burst),
+        "the source's burst reached Kamailio as SIP: {reached}"
+    );
+    // Every frame met the datapath: what did not reach Kamailio, the rate limit dropped (a
+    // frame lost on the way would be in neither count).
+    assert!(
+        rate_dropped + reached >= FRAMES,
+        "{rate_dropped} dropped + {reached} at kamailio < {FRAMES} sent"
+    );
+    drop(active);
+    drop(lab);
+    assert!(names.iter().all(|n| !namespace_exists(n)));
 }
 
 #[test]

@@ -25,8 +25,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sipfilter_common::{Reason, stats};
 use sipfilter_tests::flood::{self, FloodMethod, FloodSources, FloodSpec};
 use sipfilter_tests::floodlab::{
-    self, Agent, Defence, FLOOD_SOURCE_V4, FLOOD_SOURCE_V6, FloodLab, LabPolicy, LegitReport,
-    Measurement, Workload,
+    self, Agent, Defence, FLOOD_SOURCE_V4, FLOOD_SOURCE_V6, FloodLab, FrameSource, LabPolicy,
+    LegitReport, Measurement, Workload,
 };
 
 /// Set by SIGINT/SIGTERM; every loop of the lab checks it.
@@ -126,6 +126,26 @@ impl From<Method> for FloodMethod {
     }
 }
 
+/// How the flood's frames leave the attacker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Frames {
+    /// `sendmmsg` on an `AF_PACKET` socket: frames with little headroom, which veth's XDP
+    /// (driver mode) copies into pages of its own before running the program.
+    Packet,
+    /// `BPF_PROG_TEST_RUN` live frames: frames in pages with XDP's headroom, as a NIC driver
+    /// hands them over (no copy in driver mode).
+    Live,
+}
+
+impl From<Frames> for FrameSource {
+    fn from(frames: Frames) -> FrameSource {
+        match frames {
+            Frames::Packet => FrameSource::PacketSocket,
+            Frames::Live => FrameSource::LiveFrames,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum DefenceArg {
     None,
@@ -170,6 +190,9 @@ struct BenchArgs {
     /// CPU figures would not compare like with like).
     #[arg(long, default_value_t = 100_000)]
     rate: u64,
+    /// How the flood's frames leave the attacker (see docs/lab.md).
+    #[arg(long, value_enum, default_value_t = Frames::Packet)]
+    frames: Frames,
     /// Defences to compare, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [DefenceArg::None, DefenceArg::Iptables, DefenceArg::Nftables, DefenceArg::Driver, DefenceArg::Skb])]
     defences: Vec<DefenceArg>,
@@ -398,6 +421,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let spoofed = matches!(args.scenario, Scenario::Spoofed4 | Scenario::Spoofed6);
     let flood_workload = Workload {
         flood: Some((args.method.into(), sources.clone())),
+        frames: args.frames.into(),
         duration,
         rate: (args.rate > 0).then_some(args.rate),
         trusted_agent: spoofed,
@@ -425,13 +449,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
         .collect();
     let mut quiet: Vec<Measurement> = Vec::new();
     eprintln!(
-        "flood bench: {} {} flood from {}, {} s per defence, {} runs",
+        "flood bench: {} {} flood ({} frames) from {}, {} s per defence, {} runs",
         args.method.to_possible_value().unwrap().get_name(),
         if args.rate > 0 {
             format!("{} frames/s", args.rate)
         } else {
             "full-speed".to_owned()
         },
+        args.frames.to_possible_value().unwrap().get_name(),
         args.scenario.describe(args.sources),
         args.duration,
         args.runs
@@ -494,13 +519,14 @@ fn render(
     let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(
         out,
-        "\n### Flood bench: {} flood ({}) from {}, {} s per defence, {} runs ({:.0} s in all)\n",
+        "\n### Flood bench: {} flood ({}, {} frames) from {}, {} s per defence, {} runs ({:.0} s in all)\n",
         args.method.to_possible_value().unwrap().get_name(),
         if args.rate > 0 {
             format!("paced at {} frames/s", args.rate)
         } else {
             "full speed".to_owned()
         },
+        args.frames.to_possible_value().unwrap().get_name(),
         args.scenario.describe(args.sources),
         args.duration,
         args.runs,
