@@ -8,7 +8,7 @@
 //! cost no NIC has. The frames are the same ones [`crate::flood::frame_pool`] builds.
 //!
 //! The receiving end of the attacker's veth must run NAPI for redirected frames to be accepted
-//! (GRO on, see [`crate::floodlab::FloodLab::flood_live`]).
+//! (GRO on, see [`crate::floodlab::FloodLab::flood_frames`]).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -23,11 +23,13 @@ use sipfilter_common::flood::{FRAME_BYTES, FloodConfig, FloodFrame, map_names};
 use crate::flood::{FloodReport, FloodSpec, Pacer, thread_cpu_time};
 use crate::netns::NetNs;
 
-/// Frames per `BPF_PROG_TEST_RUN` call, sent in batches of [`BATCH`], which fit in a veth's
-/// ring of 256.
+/// Frames per `BPF_PROG_TEST_RUN` call. A call waits about 25 ms in the kernel whatever it
+/// sends (the XDP dispatcher is switched in and out), so smaller calls cannot keep up with
+/// 100,000 frames per second.
 const FRAMES_PER_CALL: u32 = 4096;
 
-/// Frames the kernel sends per batch of a call, each batch flushed before the next.
+/// Frames the kernel sends per batch of a call, each batch flushed before the next: they fit
+/// in a veth's ring of 256.
 const BATCH: u32 = 64;
 
 /// Loads `xdp_flood` with `pool` in its frame map.
