@@ -466,7 +466,6 @@ fn send_loop(
     spec: &FloodSpec,
     stop: &AtomicBool,
 ) -> Result<FloodReport> {
-    ensure!(!pool.is_empty(), "no frames to send");
     let batch = spec.batch;
     let mut iovecs: Vec<libc::iovec> = vec![
         libc::iovec {
@@ -477,16 +476,7 @@ fn send_loop(
     ];
     // SAFETY: mmsghdr is plain data, valid when zeroed (no name, no control data).
     let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; batch];
-    let mut report = FloodReport {
-        sources: spec.sources.count(),
-        ..FloodReport::default()
-    };
-    let mut next = 0usize;
-    let cpu_before = thread_cpu_time();
-    let started = Instant::now();
-    let pacer = Pacer::new(spec, started);
-    while report.sent < spec.max_packets && pacer.wait(report.sent, stop) {
-        let count = batch.min((spec.max_packets - report.sent) as usize);
+    paced_sends(pool, spec, stop, batch, |next, count| {
         for k in 0..count {
             let frame = &pool[(next + k) % pool.len()];
             iovecs[k] = libc::iovec {
@@ -507,21 +497,46 @@ fn send_loop(
                 0,
             )
         };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => {
-                    report.errors += 1;
-                    thread::yield_now();
-                    continue;
-                }
-                _ => return Err(err).context("sendmmsg on the flood socket"),
-            }
+        if rc >= 0 {
+            return Ok(Some(rc as usize));
         }
-        let done = rc as usize;
-        report.bytes += headers[..done]
-            .iter()
-            .map(|h| u64::from(h.msg_len))
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => Ok(None),
+            _ => Err(err).context("sendmmsg on the flood socket"),
+        }
+    })
+}
+
+/// The send loop every frame source shares: calls `send(next, count)` to send up to `count`
+/// frames of `pool` from index `next` on (wrapping), which answers how many went out, or
+/// `None` for a transient failure to retry; keeps to the flood's rate and duration (and
+/// `stop`), and accounts for what was sent and the thread's CPU time.
+pub(crate) fn paced_sends(
+    pool: &[Vec<u8>],
+    spec: &FloodSpec,
+    stop: &AtomicBool,
+    per_call: usize,
+    mut send: impl FnMut(usize, usize) -> Result<Option<usize>>,
+) -> Result<FloodReport> {
+    ensure!(!pool.is_empty(), "no frames to send");
+    let mut report = FloodReport {
+        sources: spec.sources.count(),
+        ..FloodReport::default()
+    };
+    let mut next = 0usize;
+    let cpu_before = thread_cpu_time();
+    let started = Instant::now();
+    let pacer = Pacer::new(spec, started);
+    while report.sent < spec.max_packets && pacer.wait(report.sent, stop) {
+        let count = per_call.min((spec.max_packets - report.sent) as usize);
+        let Some(done) = send(next, count)? else {
+            report.errors += 1;
+            thread::yield_now();
+            continue;
+        };
+        report.bytes += (0..done)
+            .map(|k| pool[(next + k) % pool.len()].len() as u64)
             .sum::<u64>();
         report.sent += done as u64;
         next = (next + done) % pool.len();
@@ -532,14 +547,14 @@ fn send_loop(
 }
 
 /// Holds a send loop to its flood's rate (when it has one) and duration.
-pub(crate) struct Pacer {
+struct Pacer {
     started: Instant,
     deadline: Instant,
     rate: Option<u64>,
 }
 
 impl Pacer {
-    pub(crate) fn new(spec: &FloodSpec, started: Instant) -> Pacer {
+    fn new(spec: &FloodSpec, started: Instant) -> Pacer {
         Pacer {
             started,
             deadline: started + spec.duration,
@@ -549,7 +564,7 @@ impl Pacer {
 
     /// Waits until the frame after `sent` is due; false once the flood is over (its duration
     /// is up, or `stop` is set).
-    pub(crate) fn wait(&self, sent: u64, stop: &AtomicBool) -> bool {
+    fn wait(&self, sent: u64, stop: &AtomicBool) -> bool {
         loop {
             let now = Instant::now();
             if stop.load(Ordering::Relaxed) || now >= self.deadline {

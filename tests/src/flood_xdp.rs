@@ -11,7 +11,6 @@
 //! (GRO on, see [`crate::floodlab::FloodLab::flood_frames`]).
 
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use aya::maps::Array;
@@ -20,13 +19,13 @@ use aya::{Ebpf, EbpfLoader};
 use sipfilter::datapath::XDP_FLOOD_OBJECT;
 use sipfilter_common::flood::{FRAME_BYTES, FloodConfig, FloodFrame, map_names};
 
-use crate::flood::{FloodReport, FloodSpec, Pacer, thread_cpu_time};
+use crate::flood::{FloodReport, FloodSpec, paced_sends};
 use crate::netns::NetNs;
 
 /// Frames per `BPF_PROG_TEST_RUN` call. A call waits about 25 ms in the kernel whatever it
 /// sends (the XDP dispatcher is switched in and out), so smaller calls cannot keep up with
 /// 100,000 frames per second.
-const FRAMES_PER_CALL: u32 = 4096;
+const FRAMES_PER_CALL: usize = 4096;
 
 /// Frames the kernel sends per batch of a call, each batch flushed before the next: they fit
 /// in a veth's ring of 256.
@@ -116,31 +115,15 @@ fn send_loop(
     spec: &FloodSpec,
     stop: &AtomicBool,
 ) -> Result<FloodReport> {
-    let mut report = FloodReport {
-        sources: spec.sources.count(),
-        ..FloodReport::default()
-    };
-    let mut next = 0usize;
-    let cpu_before = thread_cpu_time();
-    let started = Instant::now();
-    let pacer = Pacer::new(spec, started);
-    while report.sent < spec.max_packets && pacer.wait(report.sent, stop) {
-        let count = (spec.max_packets - report.sent).min(u64::from(FRAMES_PER_CALL)) as u32;
+    paced_sends(pool, spec, stop, FRAMES_PER_CALL, |_, count| {
         program
             .test_run(TestRunOptions {
                 data_in: Some(data_in),
-                repeat: count,
+                repeat: count as u32,
                 attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
                 ..TestRunOptions::default()
             })
             .context("BPF_PROG_TEST_RUN of xdp_flood in live-frames mode")?;
-        for k in 0..count as usize {
-            report.bytes += pool[(next + k) % pool.len()].len() as u64;
-        }
-        report.sent += u64::from(count);
-        next = (next + count as usize) % pool.len();
-    }
-    report.elapsed = started.elapsed();
-    report.thread_cpu = thread_cpu_time().saturating_sub(cpu_before);
-    Ok(report)
+        Ok(Some(count))
+    })
 }
