@@ -29,9 +29,11 @@ pub struct ScanBuf {
     /// not track map memory, so a header found in one iteration does not split its state for
     /// every iteration after it (which would make verification quadratic in the loop length).
     pub found: Headers,
-    /// What the scan carries from line to line (`ScanState`, packed); in memory for the same
-    /// reason.
-    scan: u64,
+    /// `wanted` bits of the headers the scan still looks for; in memory for the same reason
+    /// (read and written only on the few lines [`HeaderSet::classify`] looks at).
+    remaining: u64,
+    /// Header lines the scan has seen; in memory, to keep the line loop's registers free.
+    lines: u64,
     /// Round trip through memory for [`ScanBuf::widen`].
     pub spill: u64,
 }
@@ -64,13 +66,23 @@ impl ScanBuf {
     }
 
     #[inline(always)]
-    fn scan_state(&mut self) -> ScanState {
-        ScanState::unpack(Self::get(&raw mut self.scan))
+    fn remaining(&mut self) -> u64 {
+        Self::get(&raw mut self.remaining)
     }
 
     #[inline(always)]
-    fn set_scan_state(&mut self, state: ScanState) {
-        Self::set(&raw mut self.scan, state.pack());
+    fn set_remaining(&mut self, remaining: u64) {
+        Self::set(&raw mut self.remaining, remaining);
+    }
+
+    #[inline(always)]
+    fn lines(&mut self) -> u64 {
+        Self::get(&raw mut self.lines)
+    }
+
+    #[inline(always)]
+    fn set_lines(&mut self, lines: u64) {
+        Self::set(&raw mut self.lines, lines);
     }
 
     #[inline(always)]
@@ -124,14 +136,14 @@ const INDEX_RANGE: usize = 2 * SCAN_BYTES / 8 - 1;
 /// learns so from [`Headers::complete`].
 pub const MAX_HEADER_LINES: usize = 128;
 
-/// Steps of the header scan for a message of `len` bytes: each step either moves to the next
-/// word or consumes one line end, so this many steps reach the end of the window or the line
-/// limit, whichever comes first. The verifier walks every step of the first path through the
-/// loop and keeps a pending state per open branch (at most 8192), so the bound also keeps the
-/// program loadable.
+/// Steps of the header scan for a message of `len` bytes: each step either moves on by one or
+/// two words or takes one line end (the start line's first), so this many steps reach the end
+/// of the window or the line limit, whichever comes first. The verifier walks every step of the
+/// first path through the loop and keeps a pending state per open branch (at most 8192), so the
+/// bound also keeps the program loadable.
 #[inline(always)]
 fn header_scan_steps(len: usize) -> usize {
-    len.min(SCAN_BYTES) / 8 + 1 + MAX_HEADER_LINES
+    len.min(SCAN_BYTES) / 8 + 2 + MAX_HEADER_LINES
 }
 
 /// Bytes of a header value the scanner patterns are matched in (`crate::matcher`). User-Agent
@@ -470,9 +482,40 @@ impl Headers {
 /// only recognises its own header names, so each program carries the comparisons it needs and
 /// no others.
 pub trait HeaderSet {
+    /// The first letters of the wanted header names, compact forms included (lower case; both
+    /// cases are looked at). A line that starts with another byte is passed over without
+    /// [`HeaderSet::classify`].
+    const LEADS: &'static [u8];
+    /// [`HeaderSet::LEADS`] as the scan tests them ([`lead_map`]).
+    const LEAD_MAP: [u64; 2] = lead_map(Self::LEADS);
+
     /// Recognises a wanted header at the start of `line` (`head` holds its first 8 bytes):
     /// its index in the set and where its value starts.
     fn classify(buf: &ScanBuf, line: usize, head: u64, wanted: u64) -> Option<(usize, usize)>;
+}
+
+/// The bytes a line the scan must look at can start with: the letters of `leads` in either case,
+/// and CR and LF (the empty line that ends the header block). Bit `b % 64` of word `b / 64 % 2`
+/// for byte `b`; a byte above 127 shares the bit of the byte 128 below it, which at worst sends
+/// a line to [`HeaderSet::classify`] for nothing.
+pub const fn lead_map(leads: &[u8]) -> [u64; 2] {
+    let mut map = [1 << b'\r' | 1 << b'\n', 0];
+    let mut i = 0;
+    while i < leads.len() {
+        let lower = leads[i].to_ascii_lowercase();
+        let upper = leads[i].to_ascii_uppercase();
+        map[(lower >> 6) as usize & 1] |= 1 << (lower & 63);
+        map[(upper >> 6) as usize & 1] |= 1 << (upper & 63);
+        i += 1;
+    }
+    map
+}
+
+/// Whether a line starting with `lead` may be a wanted header or the end of the block.
+#[inline(always)]
+fn may_matter(map: [u64; 2], lead: u8) -> bool {
+    let half = if lead & 64 == 0 { map[0] } else { map[1] };
+    (half >> (lead & 63)) & 1 != 0
 }
 
 /// What the ingress scan looks for in requests: the headers scanners betray themselves in.
@@ -488,6 +531,9 @@ const NT: u64 = word_of(b"nt");
 const FROM: u64 = word_of(b"from");
 
 impl HeaderSet for RequestHeaders {
+    // `f` is From's compact form (RFC 3261 section 7.3.3).
+    const LEADS: &'static [u8] = b"uf";
+
     #[inline(always)]
     fn classify(buf: &ScanBuf, line: usize, head: u64, wanted: u64) -> Option<(usize, usize)> {
         let name = fold_case(head);
@@ -504,10 +550,10 @@ impl HeaderSet for RequestHeaders {
     }
 }
 
-/// Finds the wanted headers of set `S` between `start` (the first header line) and the empty
-/// line that ends the header block, or `len`. Header names are case-insensitive, compact forms
-/// exist, and whitespace may precede the colon (RFC 3261 sections 7.3.1 and 25.1). The result is
-/// also left in `buf.found`.
+/// Finds the wanted headers of set `S` between `start` (the first header line, right after the
+/// start line's line end, so never 0) and the empty line that ends the header block, or `len`.
+/// Header names are case-insensitive, compact forms exist, and whitespace may precede the colon
+/// (RFC 3261 sections 7.3.1 and 25.1). The result is also left in `buf.found`.
 #[inline(always)]
 pub fn find_headers<S: HeaderSet>(
     buf: &mut ScanBuf,
@@ -519,154 +565,134 @@ pub fn find_headers<S: HeaderSet>(
         ScanBuf::set(buf.value_start(index), 0);
         ScanBuf::set(buf.value_end(index), 0);
     }
-    buf.set_complete(false);
-    match inspect_line(buf, start, len) {
-        Some(head) => {
-            let state = ScanState {
-                lines: 1,
-                open: 0,
-                remaining: wanted,
-            };
-            let state = record::<S>(buf, start, head, state);
-            buf.set_scan_state(state);
-            scan_lines::<S>(buf, start, len);
-        }
-        None => {
-            buf.set_scan_state(ScanState {
-                lines: 0,
-                open: 0,
-                remaining: 0,
-            });
-            buf.set_complete(true);
+    buf.set_remaining(wanted);
+    scan_lines::<S>(buf, start, len);
+    // Widened: the loop's exits leave the verifier knowing `len` differently, and it would
+    // walk all that follows once for each (a mask, not `min`, which would split it again).
+    let len = buf.widen(len) & (2 * SCAN_BYTES - 1);
+    // A value ends at its line's end, or MAX_VALUE_BYTES on, past which nothing reads a value.
+    // Found here rather than in the line loop, which then carries nothing from one line to the
+    // next but the line count.
+    for index in 0..MAX_HEADERS {
+        let value = ScanBuf::get(buf.value_start(index)) as usize;
+        if value != 0 {
+            let end =
+                find_in_value(buf, value, len, b'\n').unwrap_or(len.min(value + MAX_VALUE_BYTES));
+            ScanBuf::set(buf.value_end(index), end as u64);
         }
     }
-    let state = buf.scan_state();
-    close_value(buf, state.open, len);
     buf.found
 }
 
-/// Classifies a line and records a wanted header's value start: the state after the line.
+/// Classifies a line and records where a wanted header's value starts.
 #[inline(always)]
-fn record<S: HeaderSet>(buf: &mut ScanBuf, line: usize, head: u64, state: ScanState) -> ScanState {
-    if state.remaining == 0 {
-        return ScanState { open: 0, ..state };
+fn record<S: HeaderSet>(buf: &mut ScanBuf, line: usize, head: u64) {
+    let remaining = buf.remaining();
+    if remaining == 0 {
+        return;
     }
     // Packed and widened: each way through `classify` knows its header's index exactly, and
-    // without the round trip through memory the verifier would carry one state per header
-    // name into every later line.
-    let hit = match S::classify(buf, line, head, state.remaining) {
+    // the verifier would otherwise walk what follows once per header name.
+    let hit = match S::classify(buf, line, head, remaining) {
         Some((index, value)) => (index + 1) << 16 | (value & 0xffff),
-        None => 0,
+        None => return,
     };
     let hit = buf.widen(hit);
-    let open = (hit >> 16) & (MAX_HEADERS * 2 - 1);
-    if open == 0 || open > MAX_HEADERS {
-        return ScanState { open: 0, ..state };
-    }
-    let index = open - 1;
+    let index = ((hit >> 16) - 1) & (MAX_HEADERS - 1);
     ScanBuf::set(buf.value_start(index), (hit & 0xffff) as u64);
-    ScanState {
-        lines: state.lines,
-        open: open as u64,
-        remaining: state.remaining & !wanted(index),
-    }
+    buf.set_remaining(remaining & !wanted(index));
 }
 
-/// What the scan carries from one line to the next, packed into one word of the scan buffer:
-/// one load and one store per line instead of one per field.
-struct ScanState {
-    /// Header lines seen so far.
-    lines: u64,
-    /// 1 + the index of the header whose value ends at the next line end, or 0.
-    open: u64,
-    /// `wanted` bits of the headers still looked for.
-    remaining: u64,
-}
-
-impl ScanState {
-    #[inline(always)]
-    fn pack(&self) -> u64 {
-        self.lines | self.open << 16 | self.remaining << 24
-    }
-
-    #[inline(always)]
-    fn unpack(word: u64) -> ScanState {
-        ScanState {
-            lines: word & 0xffff,
-            open: (word >> 16) & 0xff,
-            remaining: (word >> 24) & 0xff,
-        }
-    }
-}
-
+/// The line loop. A step either moves to the next word (or the next two) or takes the next
+/// line end in the current one. Most lines cost a few instructions: the byte after the line end
+/// is looked up in [`HeaderSet::LEAD_MAP`], and only a line that may be a wanted header (or the
+/// empty line) goes on to [`inspect_line`] and [`record`].
+///
+/// The loop keeps five values in registers (the buffer, the word index, the word's line ends,
+/// the budget and the length): eBPF has ten registers, and every value more is spilled to the
+/// stack, which puts a store and a load on the loop's critical path. The line count lives in
+/// the scan buffer.
 #[inline(always)]
 fn scan_lines<S: HeaderSet>(buf: &mut ScanBuf, start: usize, len: usize) {
+    // The scan starts on the start line's line end, so the first header line is found like
+    // every other one.
+    let first = start.wrapping_sub(1);
     // Widened once, masked (opaquely) at every step: the index then has the same range
     // ([0, INDEX_RANGE]) on every path that reaches the loop head, so the verifier sees a path
-    // that consumed a line end and one that moved on a word converge. (Widening at every step
-    // would do too, but puts a store and a load on the loop's critical path.)
-    let mut index = buf.widen(start >> 3) & INDEX_RANGE;
-    let mut newlines = bytes_equal(word(buf, index), b'\n') & from_byte(start & 7);
+    // that took a line end and one that moved on a word converge.
+    let mut index = buf.widen(first >> 3) & INDEX_RANGE;
+    let mut newlines =
+        (bytes_equal(word(buf, index), b'\n') & from_byte(first & 7)) | 0x80 << ((first & 7) * 8);
+    // Every step costs one unit, whatever it does: paths that took different steps then reach
+    // the loop head with the same budget, and the verifier sees them converge.
     let mut budget = opaque(header_scan_steps(len));
+    buf.set_lines(0);
     // Set only on the way out of the loop, so it does not split the loop's states.
     let mut complete = false;
     while budget != 0 {
-        budget -= 1;
-        if newlines != 0 {
-            let newline = index * 8 + first_flagged(newlines);
-            newlines = clear_first_flagged(newlines);
-            if newline >= len {
-                complete = true;
-                break;
+        // Opaque, so LLVM keeps a counter that goes down to zero: it would otherwise rewrite
+        // it into one that counts up from a negative start, which the verifier cannot bound.
+        budget = opaque(budget - 1);
+        if newlines == 0 {
+            // Two words at a time: most words hold no line end, and one test for two saves a
+            // turn of the loop. Past `len` the second word may hold bytes of an earlier
+            // message; a line end found there is past `len` and ends the scan, as the end of
+            // the message does.
+            let second = word(buf, index + 2);
+            let first = bytes_equal(word(buf, index + 1), b'\n');
+            if first != 0 {
+                index = opaque(index + 1) & INDEX_RANGE;
+                newlines = first;
+            } else {
+                index = opaque(index + 2) & INDEX_RANGE;
+                newlines = bytes_equal(second, b'\n');
             }
-            // The carried state lives in memory, which the verifier does not track: a header
-            // found on one line then does not split its states for every line after it.
-            let state = buf.scan_state();
-            close_value(buf, state.open, newline);
-            let line = bounded(newline + 1);
-            let Some(head) = inspect_line(buf, line, len) else {
-                buf.set_scan_state(ScanState { open: 0, ..state });
-                complete = true;
-                break;
-            };
-            let lines = state.lines + 1;
-            if lines > MAX_HEADER_LINES as u64 {
-                break;
-            }
-            let next = record::<S>(buf, line, head, ScanState { lines, ..state });
-            buf.set_scan_state(next);
-        } else {
-            index = opaque(index + 1) & INDEX_RANGE;
             if index * 8 >= len {
                 complete = true;
                 break;
             }
-            newlines = bytes_equal(word(buf, index), b'\n');
+            continue;
         }
+        let newline = index * 8 + first_flagged(newlines);
+        newlines = clear_first_flagged(newlines);
+        let lines = buf.lines() + 1;
+        buf.set_lines(lines);
+        let line = bounded(newline + 1);
+        if line >= len {
+            complete = true;
+            break;
+        }
+        // The empty line that ends the block is not a header line: the limit is checked once
+        // a line is known not to be it.
+        let too_many = lines > MAX_HEADER_LINES as u64;
+        if !may_matter(S::LEAD_MAP, byte_at(buf, line)) {
+            if too_many {
+                break;
+            }
+            continue;
+        }
+        let Some(head) = inspect_line(buf, line) else {
+            complete = true;
+            break;
+        };
+        if too_many {
+            break;
+        }
+        record::<S>(buf, line, head);
     }
     // Leaving without reaching the end means more header lines than the scan follows.
     buf.set_complete(complete);
 }
 
-/// The first 8 bytes of the line starting at `line`, or `None` at the end of the header block.
+/// The first 8 bytes of the line starting at `line`, or `None` if it is the empty line that
+/// ends the header block.
 #[inline(always)]
-fn inspect_line(buf: &ScanBuf, line: usize, len: usize) -> Option<u64> {
-    if line >= len {
-        return None;
-    }
+fn inspect_line(buf: &ScanBuf, line: usize) -> Option<u64> {
     let head = load8(buf, line);
     if head & low_bytes(2) == word_of(b"\r\n") || head & low_bytes(1) == word_of(b"\n") {
         return None;
     }
     Some(head)
-}
-
-/// Records where the value of the `open` header ends.
-#[inline(always)]
-fn close_value(buf: &mut ScanBuf, open: u64, end: usize) {
-    if open != 0 {
-        ScanBuf::set(buf.value_end(open as usize - 1), end as u64);
-    }
 }
 
 /// `HCOLON = *( SP / HTAB ) ":" SWS`: where the value starts, if the bytes at `pos` are up to

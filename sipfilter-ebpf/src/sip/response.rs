@@ -28,6 +28,9 @@ const EXPIRES: u64 = word_of(b"expires");
 const TO: u64 = word_of(b"to");
 
 impl HeaderSet for ResponseHeaders {
+    // `m` is Contact's compact form, `t` To's and also its full name's first letter.
+    const LEADS: &'static [u8] = b"cmte";
+
     #[inline(always)]
     fn classify(buf: &ScanBuf, line: usize, head: u64, wanted: u64) -> Option<(usize, usize)> {
         let name = fold_case(head);

@@ -4,7 +4,8 @@ pub(super) fn buffer(message: &[u8]) -> (ScanBuf, usize) {
     let mut buf = ScanBuf {
         words: [0x5a5a_5a5a_5a5a_5a5a; SCAN_WORDS],
         found: Headers::default(),
-        scan: 0x5a5a,
+        remaining: 0x5a5a,
+        lines: 0x5a5a,
         spill: 0,
     };
     let len = message.len().min(SCAN_BYTES);
@@ -402,4 +403,86 @@ fn the_line_count_starts_afresh_for_each_message() {
     );
     assert!(headers.is_complete());
     assert!(headers.value(RequestHeaders::USER_AGENT).is_present());
+}
+
+#[test]
+fn lead_map_holds_the_wanted_first_letters_in_both_cases_and_the_line_ends() {
+    let map = RequestHeaders::LEAD_MAP;
+    let marked: Vec<u8> = (0..=255u8).filter(|&b| may_matter(map, b)).collect();
+    // Bytes above 127 share the bit of the byte 128 below; classify turns those down.
+    let expected: Vec<u8> = [b'\n', b'\r', b'F', b'U', b'f', b'u']
+        .iter()
+        .flat_map(|&b| [b, b + 128])
+        .collect::<std::collections::BTreeSet<u8>>()
+        .into_iter()
+        .collect();
+    assert_eq!(marked, expected);
+}
+
+#[test]
+fn a_line_whose_first_byte_aliases_a_wanted_letter_is_not_taken_for_it() {
+    // 0xd5 shares 'U''s bit in the lead map; 0xc6 shares 'F''s.
+    let message = b"REGISTER sip:x SIP/2.0\r\n\xd5ser-Agent: pplsip\r\n\xc6rom: sipvicious\r\n\r\n";
+    let (mut buf, len) = buffer(message);
+    let first = parse_start_line(&mut buf, len).unwrap().headers;
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        first,
+        len,
+        wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
+    );
+    assert!(headers.is_complete());
+    assert!(!headers.value(RequestHeaders::USER_AGENT).is_present());
+    assert!(!headers.value(RequestHeaders::FROM).is_present());
+}
+
+#[test]
+fn a_value_longer_than_the_matched_bytes_ends_where_matching_stops() {
+    let long = "x".repeat(300);
+    let message =
+        format!("REGISTER sip:x SIP/2.0\r\nUser-Agent: {long}\r\nFrom: <sip:a@b>\r\n\r\n");
+    let (mut buf, len) = buffer(message.as_bytes());
+    let first = parse_start_line(&mut buf, len).unwrap().headers;
+    let headers = find_headers::<RequestHeaders>(
+        &mut buf,
+        first,
+        len,
+        wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
+    );
+    let user_agent = headers.value(RequestHeaders::USER_AGENT);
+    assert_eq!(user_agent.end - user_agent.start, MAX_VALUE_BYTES as u64);
+    // The line after it is still found, and its value ends at its own line end.
+    assert_eq!(
+        value(message.as_bytes(), headers.value(RequestHeaders::FROM)),
+        b" <sip:a@b>\r"
+    );
+}
+
+#[test]
+fn line_ends_in_stale_words_past_the_message_are_never_taken() {
+    // The scan looks two words ahead; fill the buffer with header lines first, as an earlier
+    // packet would have, then put a message in that ends mid-word.
+    let stale = b"\nUser-Agent: pplsip\r".repeat(SCAN_BYTES / 20);
+    let (mut buf, _) = buffer(&stale);
+    for len in 25..=45 {
+        let message = &b"REGISTER sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n"[..len];
+        let bytes: &mut [u8] = unsafe {
+            core::slice::from_raw_parts_mut(buf.words.as_mut_ptr().cast::<u8>(), SCAN_BYTES + 8)
+        };
+        bytes[..stale.len()].copy_from_slice(&stale);
+        bytes[..len].copy_from_slice(message);
+        seal(&mut buf, len);
+        let first = parse_start_line(&mut buf, len).unwrap().headers;
+        let headers = find_headers::<RequestHeaders>(
+            &mut buf,
+            first,
+            len,
+            wanted(RequestHeaders::USER_AGENT),
+        );
+        assert!(headers.is_complete(), "len {len}");
+        assert!(
+            !headers.value(RequestHeaders::USER_AGENT).is_present(),
+            "len {len}"
+        );
+    }
 }
