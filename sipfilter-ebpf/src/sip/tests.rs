@@ -419,18 +419,23 @@ fn lead_map_holds_the_wanted_first_letters_in_both_cases_and_the_line_ends() {
     assert_eq!(marked, expected);
 }
 
-#[test]
-fn a_line_whose_first_byte_aliases_a_wanted_letter_is_not_taken_for_it() {
-    // 0xd5 shares 'U''s bit in the lead map; 0xc6 shares 'F''s.
-    let message = b"REGISTER sip:x SIP/2.0\r\n\xd5ser-Agent: pplsip\r\n\xc6rom: sipvicious\r\n\r\n";
+/// The User-Agent and From of the request `message`, as the ingress scan finds them.
+fn user_agent_and_from(message: &[u8]) -> Headers {
     let (mut buf, len) = buffer(message);
     let first = parse_start_line(&mut buf, len).unwrap().headers;
-    let headers = find_headers::<RequestHeaders>(
+    find_headers::<RequestHeaders>(
         &mut buf,
         first,
         len,
         wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
-    );
+    )
+}
+
+#[test]
+fn a_line_whose_first_byte_aliases_a_wanted_letter_is_not_taken_for_it() {
+    // 0xd5 shares 'U''s bit in the lead map; 0xc6 shares 'F''s.
+    let message = b"REGISTER sip:x SIP/2.0\r\n\xd5ser-Agent: pplsip\r\n\xc6rom: sipvicious\r\n\r\n";
+    let headers = user_agent_and_from(message);
     assert!(headers.is_complete());
     assert!(!headers.value(RequestHeaders::USER_AGENT).is_present());
     assert!(!headers.value(RequestHeaders::FROM).is_present());
@@ -441,14 +446,7 @@ fn a_value_longer_than_the_matched_bytes_ends_where_matching_stops() {
     let long = "x".repeat(300);
     let message =
         format!("REGISTER sip:x SIP/2.0\r\nUser-Agent: {long}\r\nFrom: <sip:a@b>\r\n\r\n");
-    let (mut buf, len) = buffer(message.as_bytes());
-    let first = parse_start_line(&mut buf, len).unwrap().headers;
-    let headers = find_headers::<RequestHeaders>(
-        &mut buf,
-        first,
-        len,
-        wanted(RequestHeaders::USER_AGENT) | wanted(RequestHeaders::FROM),
-    );
+    let headers = user_agent_and_from(message.as_bytes());
     let user_agent = headers.value(RequestHeaders::USER_AGENT);
     assert_eq!(user_agent.end - user_agent.start, MAX_VALUE_BYTES as u64);
     // The line after it is still found, and its value ends at its own line end.
