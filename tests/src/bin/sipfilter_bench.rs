@@ -136,6 +136,10 @@ struct Args {
     /// mid-run and the wrong path measured.
     #[arg(long, default_value_t = DEFAULT_REPEAT, value_parser = clap::value_parser!(u32).range(1..=MAX_REPEAT as i64))]
     repeat: u32,
+    /// Measure only this case (its JSON key; repeatable), with the trivial program it is
+    /// reported over: for profiling one path, for example with `perf record -a`.
+    #[arg(long = "case", value_name = "KEY")]
+    only: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -847,7 +851,7 @@ fn load_average() -> String {
 fn bench(args: &Args) -> Result<()> {
     let slots = 1 + args.runs as usize;
     let load_before = load_average();
-    let mut cases = cases(slots);
+    let mut cases = selected(cases(slots), &args.only)?;
 
     eprintln!("loading the datapaths and the trivial program");
     let mut programs = Programs::load()?;
@@ -939,6 +943,31 @@ fn bench(args: &Args) -> Result<()> {
     }
     print_report(args, &cases, &sizes, &baseline, events, load);
     Ok(())
+}
+
+/// The cases `only` names, and the trivial cases they are reported over; all when `only` is
+/// empty.
+fn selected(cases: Vec<Case>, only: &[String]) -> Result<Vec<Case>> {
+    if only.is_empty() {
+        return Ok(cases);
+    }
+    if let Some(unknown) = only
+        .iter()
+        .find(|key| !cases.iter().any(|case| case.key == key.as_str()))
+    {
+        let keys: Vec<&str> = cases.iter().map(|case| case.key).collect();
+        bail!("no case {unknown:?}; the cases are {}", keys.join(", "));
+    }
+    let named = |key: &str| only.iter().any(|wanted| wanted == key);
+    let baselines: Vec<&str> = cases
+        .iter()
+        .filter(|case| named(case.key))
+        .filter_map(Case::baseline)
+        .collect();
+    Ok(cases
+        .into_iter()
+        .filter(|case| named(case.key) || baselines.contains(&case.key))
+        .collect())
 }
 
 fn runs(count: u32) -> String {
@@ -1035,7 +1064,7 @@ fn print_report(
              cheaper ring-full path; scanner_1k_drained writes every event."
         );
     }
-    if args.repeat > DRAINED_REPEAT {
+    if args.repeat > DRAINED_REPEAT && cases.iter().any(|case| case.key == "scanner_1k_drained") {
         println!(
             "scanner_1k_drained runs {DRAINED_REPEAT} packets per run, not {}.",
             args.repeat
@@ -1099,6 +1128,28 @@ mod tests {
                 case.key
             );
         }
+    }
+
+    #[test]
+    fn one_case_comes_with_its_baseline() {
+        let keys = |only: &[&str]| -> Result<Vec<&'static str>> {
+            let only: Vec<String> = only.iter().map(|key| key.to_string()).collect();
+            Ok(selected(cases(2), &only)?
+                .iter()
+                .map(|case| case.key)
+                .collect())
+        };
+        assert_eq!(
+            keys(&["register_400"]).unwrap(),
+            ["trivial", "register_400"]
+        );
+        assert_eq!(
+            keys(&["egress_success", "non_sip"]).unwrap(),
+            ["trivial", "non_sip", "trivial_tc", "egress_success"]
+        );
+        assert_eq!(keys(&[]).unwrap().len(), cases(2).len());
+        let error = keys(&["register_401"]).unwrap_err().to_string();
+        assert!(error.contains("no case \"register_401\""), "{error}");
     }
 
     #[test]
