@@ -7,17 +7,15 @@
 
 use sipfilter_common::{Method, TOLL_PREFIX_MAX};
 
-use crate::swar::{
-    bytes_equal, clear_first_flagged, first_flagged, fold_case, from_byte, low_bytes, opaque,
-    word_of,
-};
+use self::walk::{Stop, Walk};
+use crate::swar::{bytes_equal, first_flagged, fold_case, from_byte, low_bytes, opaque, word_of};
 
 /// Bytes of a SIP message the datapath copies and inspects. A power of two, so masking keeps
 /// every index provably inside the buffer. Headers beyond it are not inspected.
 pub const SCAN_BYTES: usize = 2048;
-/// Words of the scan window, plus one so a two-word read starting at any masked index stays
-/// inside.
-pub const SCAN_WORDS: usize = SCAN_BYTES / 8 + 1;
+/// Words of the scan window, plus four so a read of the four words after any masked index
+/// stays inside.
+pub const SCAN_WORDS: usize = SCAN_BYTES / 8 + 4;
 
 /// Per-CPU scratch space of the SIP stage (`SF_SCRATCH`), too large for the 512-byte stack.
 #[repr(C)]
@@ -32,16 +30,18 @@ pub struct ScanBuf {
     /// `wanted` bits of the headers the scan still looks for; in memory for the same reason
     /// (read and written only on the few lines [`HeaderSet::classify`] looks at).
     remaining: u64,
-    /// Header lines the scan has seen; in memory, to keep the line loop's registers free.
+    /// Header lines the scan has seen; in memory, to keep the line walk's registers free.
     lines: u64,
+    /// [`HeaderSet::LEAD_MAP`] of the scan under way, where the line walk reads it.
+    lead_map: [u64; 2],
     /// Round trip through memory for [`ScanBuf::widen`].
     pub spill: u64,
 }
 
-/// Fields of [`ScanBuf::found`] and the packed scan state are read and written through these
-/// volatile accessors: with plain accesses LLVM keeps them in registers across the scan loop
-/// (the buffer is `&mut`, nothing else can write it), and the verifier is back to one state per
-/// combination of found headers.
+/// Fields of [`ScanBuf::found`] and the scan state (`remaining`, `lines`) are read and written
+/// through these volatile accessors: with plain accesses LLVM keeps them in registers across the
+/// scan loop (the buffer is `&mut`, nothing else can write it), and the verifier is back to one
+/// state per combination of found headers.
 impl ScanBuf {
     #[inline(always)]
     fn value_start(&mut self, index: usize) -> *mut u64 {
@@ -136,11 +136,10 @@ const INDEX_RANGE: usize = 2 * SCAN_BYTES / 8 - 1;
 /// learns so from [`Headers::complete`].
 pub const MAX_HEADER_LINES: usize = 128;
 
-/// Steps of the header scan for a message of `len` bytes: each step either moves on by one or
-/// two words or takes one line end (the start line's first), so this many steps reach the end
-/// of the window or the line limit, whichever comes first. The verifier walks every step of the
-/// first path through the loop and keeps a pending state per open branch (at most 8192), so the
-/// bound also keeps the program loadable.
+/// Steps of the header scan for a message of `len` bytes: each step either moves on by at least
+/// one word or takes one line end (the start line's first), so this many steps reach the end of
+/// the window or the line limit, whichever comes first. It also bounds the verifier's walk of
+/// the loop.
 #[inline(always)]
 fn header_scan_steps(len: usize) -> usize {
     len.min(SCAN_BYTES) / 8 + 2 + MAX_HEADER_LINES
@@ -154,7 +153,9 @@ pub const MAX_VALUE_BYTES: usize = 256;
 /// `SUBSCRIBE` (9).
 const MAX_METHOD_BYTES: usize = 16;
 
-const _: () = assert!(SCAN_WORDS == WORD_INDEX_MASK + 2);
+const _: () = assert!(SCAN_WORDS == WORD_INDEX_MASK + 5);
+// The line walk addresses the words from the start of the buffer.
+const _: () = assert!(core::mem::offset_of!(ScanBuf, words) == 0);
 
 /// Zeroes the bytes after `len` up to the end of the next word, so reads that run past the
 /// message see zeros, never bytes of a previous packet.
@@ -603,82 +604,50 @@ fn record<S: HeaderSet>(buf: &mut ScanBuf, line: usize, head: u64) {
     buf.set_remaining(remaining & !wanted(index));
 }
 
-/// The line loop. A step either moves to the next word (or the next two) or takes the next
-/// line end in the current one. Most lines cost a few instructions: the byte after the line end
-/// is looked up in [`HeaderSet::LEAD_MAP`], and only a line that may be a wanted header (or the
-/// empty line) goes on to [`inspect_line`] and [`record`].
-///
-/// The loop keeps five values in registers (the buffer, the word index, the word's line ends,
-/// the budget and the length): eBPF has ten registers, and every value more is spilled to the
-/// stack, which puts a store and a load on the loop's critical path. The line count lives in
-/// the scan buffer.
+/// The line loop: [`walk::next_line`] finds each line that may be a wanted header (or the
+/// empty line), and only those go on to [`inspect_line`] and [`record`].
 #[inline(always)]
 fn scan_lines<S: HeaderSet>(buf: &mut ScanBuf, start: usize, len: usize) {
     // The scan starts on the start line's line end, so the first header line is found like
     // every other one.
     let first = start.wrapping_sub(1);
-    // Widened once, masked (opaquely) at every step: the index then has the same range
-    // ([0, INDEX_RANGE]) on every path that reaches the loop head, so the verifier sees a path
-    // that took a line end and one that moved on a word converge.
-    let mut index = buf.widen(first >> 3) & INDEX_RANGE;
-    let mut newlines =
-        (bytes_equal(word(buf, index), b'\n') & from_byte(first & 7)) | 0x80 << ((first & 7) * 8);
-    // Every step costs one unit, whatever it does: paths that took different steps then reach
-    // the loop head with the same budget, and the verifier sees them converge.
-    let mut budget = opaque(header_scan_steps(len));
-    buf.set_lines(0);
-    // Set only on the way out of the loop, so it does not split the loop's states.
-    let mut complete = false;
-    while budget != 0 {
+    // Widened once: the offset then has the same range on every path that reaches the loop
+    // head, so the verifier sees the paths converge.
+    let index = buf.widen(first >> 3) & INDEX_RANGE;
+    let mut walk = Walk {
+        offset: index * 8,
+        newlines: (bytes_equal(word(buf, index), b'\n') & from_byte(first & 7))
+            | 0x80 << ((first & 7) * 8),
         // Opaque, so LLVM keeps a counter that goes down to zero: it would otherwise rewrite
         // it into one that counts up from a negative start, which the verifier cannot bound.
-        budget = opaque(budget - 1);
-        if newlines == 0 {
-            // Two words at a time: most words hold no line end, and one test for two saves a
-            // turn of the loop. Past `len` the second word may hold bytes of an earlier
-            // message; a line end found there is past `len` and ends the scan, as the end of
-            // the message does.
-            let second = word(buf, index + 2);
-            let first = bytes_equal(word(buf, index + 1), b'\n');
-            if first != 0 {
-                index = opaque(index + 1) & INDEX_RANGE;
-                newlines = first;
-            } else {
-                index = opaque(index + 2) & INDEX_RANGE;
-                newlines = bytes_equal(second, b'\n');
+        budget: opaque(header_scan_steps(len)),
+    };
+    buf.set_lines(0);
+    buf.lead_map = S::LEAD_MAP;
+    // Set only on the way out of the loop, so it does not split the loop's states.
+    let mut complete = false;
+    // Every turn takes at least one step of the budget.
+    while walk.budget != 0 {
+        match walk::next_line(buf, &mut walk, len) {
+            Stop::Line(line) => {
+                let line = bounded(line);
+                let Some(head) = inspect_line(buf, line) else {
+                    complete = true;
+                    break;
+                };
+                // The empty line that ends the block is not a header line: the limit is
+                // checked once a line is known not to be it.
+                if buf.lines() > MAX_HEADER_LINES as u64 {
+                    break;
+                }
+                record::<S>(buf, line, head);
             }
-            if index * 8 >= len {
+            Stop::End => {
                 complete = true;
                 break;
             }
-            continue;
+            Stop::Exhausted => break,
         }
-        let newline = index * 8 + first_flagged(newlines);
-        newlines = clear_first_flagged(newlines);
-        let lines = buf.lines() + 1;
-        buf.set_lines(lines);
-        let line = bounded(newline + 1);
-        if line >= len {
-            complete = true;
-            break;
-        }
-        // The empty line that ends the block is not a header line: the limit is checked once
-        // a line is known not to be it.
-        let too_many = lines > MAX_HEADER_LINES as u64;
-        if !may_matter(S::LEAD_MAP, byte_at(buf, line)) {
-            if too_many {
-                break;
-            }
-            continue;
-        }
-        let Some(head) = inspect_line(buf, line) else {
-            complete = true;
-            break;
-        };
-        if too_many {
-            break;
-        }
-        record::<S>(buf, line, head);
     }
     // Leaving without reaching the end means more header lines than the scan follows.
     buf.set_complete(complete);
@@ -714,6 +683,7 @@ fn after_colon(buf: &ScanBuf, pos: usize) -> Option<usize> {
 }
 
 pub mod response;
+mod walk;
 
 #[cfg(test)]
 mod tests;

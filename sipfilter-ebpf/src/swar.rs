@@ -65,21 +65,6 @@ pub fn opaque(value: usize) -> usize {
     }
 }
 
-/// [`opaque`] for a word.
-#[inline(always)]
-pub fn opaque_word(value: u64) -> u64 {
-    opaque(value as usize) as u64
-}
-
-/// Clears the lowest flagged byte of a mask from [`zero_bytes`]. The result is masked again
-/// (opaquely, or LLVM drops it): the verifier's bit tracking of `m & (m - 1)` admits low bits
-/// that cannot be set, and a mask whose tracked bits differ from one path to the next stops
-/// the verifier from recognising loop states it has already proven safe.
-#[inline(always)]
-pub fn clear_first_flagged(mask: u64) -> u64 {
-    opaque_word(mask & mask.wrapping_sub(1)) & 0x8080_8080_8080_8080
-}
-
 /// The first `N` bytes of a byte string as a little-endian word, for comparisons.
 pub const fn word_of(text: &[u8]) -> u64 {
     let mut word = 0u64;

@@ -2052,6 +2052,56 @@ fn odd_bytes_and_sizes() {
     check_table(&mut dp, "odd_bytes_and_sizes", &rows);
 }
 
+/// Header blocks of random line lengths and bytes (TAB, NUL and CR among them, which the header
+/// walk's quick test for LF stops at too) before a User-Agent that is a scanner's or not: the
+/// walk's assembly must find the line wherever the line ends before it fall in the words.
+#[test]
+fn user_agent_after_lines_of_any_length() {
+    if !require_bpf("user_agent_after_lines_of_any_length") {
+        return;
+    }
+    let mut dp = PolicyToml::default().load();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |bound: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % bound as u64) as usize
+    };
+    let filler = b"abcdexyzABCDEXYZ0123 \t\0\r\xff\x80:;<>@=-";
+    let mut rows = Vec::new();
+    for round in 0..400 {
+        let mut message = b"OPTIONS sip:100@192.0.2.10 SIP/2.0\r\n".to_vec();
+        for _ in 0..next(10) {
+            // Neither User-Agent nor From: the walk passes these lines over.
+            message.push(b"ABXYZ"[next(5)]);
+            let line_len = if next(3) == 0 { next(400) } else { next(50) };
+            for _ in 0..line_len {
+                message.push(filler[next(filler.len())]);
+            }
+            message.extend_from_slice(if next(2) == 0 { b"\r\n" } else { b"\n" });
+        }
+        let scanner = round % 2 == 0;
+        message.extend_from_slice(if scanner {
+            b"User-Agent: friendly-scanner\r\n"
+        } else {
+            b"User-Agent: Linphone/5.2.5\r\n"
+        });
+        message.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        let src = UNTRUSTED[round % UNTRUSTED.len()];
+        rows.push(row(
+            format!("{} bytes, round {round} {}", message.len(), family(src)),
+            udp(src, SIP_PORT, &message).build(),
+            if scanner {
+                drops(Reason::ScannerUserAgent)
+            } else {
+                passes(Reason::SipOk)
+            },
+        ));
+    }
+    check_table(&mut dp, "user_agent_after_lines_of_any_length", &rows);
+}
+
 /// A message with exactly `lines` header lines in all (Content-Length included), the last a
 /// scanner User-Agent, and `body` bytes of body.
 fn exact_header_lines(lines: usize, body: usize) -> Vec<u8> {

@@ -6,6 +6,7 @@ pub(super) fn buffer(message: &[u8]) -> (ScanBuf, usize) {
         found: Headers::default(),
         remaining: 0x5a5a,
         lines: 0x5a5a,
+        lead_map: [0x5a5a; 2],
         spill: 0,
     };
     let len = message.len().min(SCAN_BYTES);
@@ -458,7 +459,7 @@ fn a_value_longer_than_the_matched_bytes_ends_where_matching_stops() {
 
 #[test]
 fn line_ends_in_stale_words_past_the_message_are_never_taken() {
-    // The scan looks two words ahead; fill the buffer with header lines first, as an earlier
+    // The scan looks up to four words ahead; fill the buffer with header lines first, as an earlier
     // packet would have, then put a message in that ends mid-word.
     let stale = b"\nUser-Agent: pplsip\r".repeat(SCAN_BYTES / 20);
     let (mut buf, _) = buffer(&stale);
@@ -483,4 +484,106 @@ fn line_ends_in_stale_words_past_the_message_are_never_taken() {
             "len {len}"
         );
     }
+}
+
+/// What [`find_headers`] must find, the slow way: split the header block into lines, compare
+/// each name case-insensitively. Values here are shorter than [`MAX_VALUE_BYTES`].
+fn reference_user_agent_and_from(message: &[u8], first: usize) -> [Option<(usize, usize)>; 2] {
+    let mut found = [None; 2];
+    let mut pos = first;
+    while pos < message.len() {
+        let end = message[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(message.len(), |at| pos + at);
+        let line = &message[pos..end];
+        if line.is_empty() || line == b"\r" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        let (index, name_len) = if lower.starts_with(b"user-agent") {
+            (RequestHeaders::USER_AGENT, 10)
+        } else if lower.starts_with(b"from") {
+            (RequestHeaders::FROM, 4)
+        } else if lower.starts_with(b"f") {
+            (RequestHeaders::FROM, 1)
+        } else {
+            pos = end + 1;
+            continue;
+        };
+        let rest = &line[name_len..];
+        let blanks = rest
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        if found[index].is_none() && blanks < 8 && rest.get(blanks) == Some(&b':') {
+            found[index] = Some((pos + name_len + blanks + 1, end));
+        }
+        pos = end + 1;
+    }
+    found
+}
+
+#[test]
+fn headers_are_found_whatever_the_line_lengths_and_bytes() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |bound: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % bound as u64) as usize
+    };
+    // No LF: lines end only where the generator ends them. TAB, NUL and CR stop the walk's
+    // quick test for LF without being one.
+    let filler = b"abcdexyzABCDEXYZ0123 \t\0\r\xff\x80:;<>@=-";
+    let names: [&[u8]; 6] = [
+        b"User-Agent",
+        b"user-agent",
+        b"USER-AGENT \t",
+        b"From",
+        b"f",
+        b"FROM",
+    ];
+    let mut found = 0;
+    for round in 0..3_000 {
+        let mut message = b"REGISTER sip:a SIP/2.0\r\n".to_vec();
+        for _ in 0..next(12) {
+            let line_len = if next(3) == 0 { next(700) } else { next(60) };
+            // A filler line never starts like a wanted header.
+            message.push(b"ABXYZ"[next(5)]);
+            for _ in 0..line_len {
+                message.push(filler[next(filler.len())]);
+            }
+            if next(4) == 0 {
+                message.push(b':');
+                let name = names[next(names.len())];
+                let value_len = next(120);
+                message.extend_from_slice(b"\n");
+                message.extend_from_slice(name);
+                message.push(b':');
+                for _ in 0..value_len {
+                    message.push(filler[next(filler.len())]);
+                }
+            }
+            message.extend_from_slice(if next(2) == 0 { b"\r\n" } else { b"\n" });
+        }
+        message.extend_from_slice(b"\r\n");
+        if message.len() > SCAN_BYTES {
+            continue;
+        }
+        let first = b"REGISTER sip:a SIP/2.0\r\n".len();
+        let headers = user_agent_and_from(&message);
+        assert!(headers.is_complete(), "round {round}");
+        let expected = reference_user_agent_and_from(&message, first);
+        for index in [RequestHeaders::USER_AGENT, RequestHeaders::FROM] {
+            let span = headers.value(index);
+            let got = span
+                .is_present()
+                .then_some((span.start as usize, span.end as usize));
+            assert_eq!(got, expected[index], "round {round}, header {index}");
+            found += usize::from(got.is_some());
+        }
+    }
+    // The generator puts the headers in often enough for the comparison to mean something.
+    assert!(found > 1_000, "{found}");
 }
