@@ -32,8 +32,6 @@ pub struct ScanBuf {
     remaining: u64,
     /// Header lines the scan has seen; in memory, to keep the line walk's registers free.
     lines: u64,
-    /// [`HeaderSet::LEAD_MAP`] of the scan under way, where the line walk reads it.
-    lead_map: [u64; 2],
     /// Round trip through memory for [`ScanBuf::widen`].
     pub spill: u64,
 }
@@ -488,7 +486,7 @@ pub trait HeaderSet {
     /// [`HeaderSet::classify`].
     const LEADS: &'static [u8];
     /// [`HeaderSet::LEADS`] as the scan tests them ([`lead_map`]).
-    const LEAD_MAP: [u64; 2] = lead_map(Self::LEADS);
+    const LEAD_MAP: u64 = lead_map(Self::LEADS);
 
     /// Recognises a wanted header at the start of `line` (`head` holds its first 8 bytes):
     /// its index in the set and where its value starts.
@@ -496,27 +494,25 @@ pub trait HeaderSet {
 }
 
 /// The bytes a line the scan must look at can start with: the letters of `leads` in either case,
-/// and CR and LF (the empty line that ends the header block). Bit `b % 64` of word `b / 64 % 2`
-/// for byte `b`; a byte above 127 shares the bit of the byte 128 below it, which at worst sends
-/// a line to [`HeaderSet::classify`] for nothing.
-pub const fn lead_map(leads: &[u8]) -> [u64; 2] {
-    let mut map = [1 << b'\r' | 1 << b'\n', 0];
+/// and CR and LF (the empty line that ends the header block), as bit `b % 64` for byte `b`. One
+/// word, so the line walk tests it in a register. The bytes that share a bit with one of those
+/// (`M` with CR, `J` with LF, `5` with `u`, bytes above 127) at worst send a line to
+/// [`HeaderSet::classify`] for nothing.
+pub const fn lead_map(leads: &[u8]) -> u64 {
+    let mut map = 1 << (b'\r' & 63) | 1 << (b'\n' & 63);
     let mut i = 0;
     while i < leads.len() {
-        let lower = leads[i].to_ascii_lowercase();
-        let upper = leads[i].to_ascii_uppercase();
-        map[(lower >> 6) as usize & 1] |= 1 << (lower & 63);
-        map[(upper >> 6) as usize & 1] |= 1 << (upper & 63);
+        map |= 1 << (leads[i].to_ascii_lowercase() & 63);
+        map |= 1 << (leads[i].to_ascii_uppercase() & 63);
         i += 1;
     }
     map
 }
 
 /// Whether a line starting with `lead` may be a wanted header or the end of the block.
-#[inline(always)]
-fn may_matter(map: [u64; 2], lead: u8) -> bool {
-    let half = if lead & 64 == 0 { map[0] } else { map[1] };
-    (half >> (lead & 63)) & 1 != 0
+#[cfg(not(target_arch = "bpf"))]
+fn may_matter(map: u64, lead: u8) -> bool {
+    (map >> (lead & 63)) & 1 != 0
 }
 
 /// What the ingress scan looks for in requests: the headers scanners betray themselves in.
@@ -623,12 +619,11 @@ fn scan_lines<S: HeaderSet>(buf: &mut ScanBuf, start: usize, len: usize) {
         budget: opaque(header_scan_steps(len)),
     };
     buf.set_lines(0);
-    buf.lead_map = S::LEAD_MAP;
     // Set only on the way out of the loop, so it does not split the loop's states.
     let mut complete = false;
     // Every turn takes at least one step of the budget.
     while walk.budget != 0 {
-        match walk::next_line(buf, &mut walk, len) {
+        match walk::next_line(buf, &mut walk, len, S::LEAD_MAP) {
             Stop::Line(line) => {
                 let line = bounded(line);
                 let Some(head) = inspect_line(buf, line) else {

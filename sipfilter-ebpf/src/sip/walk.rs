@@ -48,10 +48,10 @@ fn below_lf(words: &[u64]) -> bool {
         .any(|&word| word.wrapping_sub(BELOW_LF) & !word & 0x8080_8080_8080_8080 != 0)
 }
 
-/// Walks on to the next line that starts with a byte of `buf.lead_map` (see
-/// [`HeaderSet::LEADS`](super::HeaderSet::LEADS)), counting lines in `buf.lines`.
+/// Walks on to the next line that starts with a byte of `leads` (a
+/// [`HeaderSet::LEAD_MAP`](super::HeaderSet::LEAD_MAP)), counting lines in `buf.lines`.
 #[cfg(not(target_arch = "bpf"))]
-pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
+pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> Stop {
     loop {
         if walk.budget == 0 {
             return Stop::Exhausted;
@@ -59,6 +59,14 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
         walk.budget -= 1;
         if walk.newlines == 0 {
             let mut base = (walk.offset / 8) & WORD_INDEX_MASK;
+            if !below_lf(&buf.words[base + 1..base + 3]) {
+                walk.offset += 16;
+                walk.offset &= OFFSET_RANGE;
+                if walk.offset >= len {
+                    return Stop::End;
+                }
+                base = (walk.offset / 8) & WORD_INDEX_MASK;
+            }
             if !below_lf(&buf.words[base + 1..base + 3]) {
                 // A long line: four words a step.
                 walk.offset += 16;
@@ -101,7 +109,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
             return Stop::End;
         }
         let lead = (buf.words[(line & (SCAN_BYTES - 1)) / 8] >> ((line & 7) * 8)) as u8;
-        if may_matter(buf.lead_map, lead) {
+        if may_matter(leads, lead) {
             return Stop::Line(line);
         }
         if buf.lines > MAX_HEADER_LINES as u64 {
@@ -157,7 +165,7 @@ macro_rules! line_ends {
 /// multiply by one), so they narrow nothing; and the branch the verifier follows first (the
 /// fall-through) leaves the loop, so it walks each step once and prunes the rest.
 #[cfg(target_arch = "bpf")]
-pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
+pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> Stop {
     let status: u64;
     let line: usize;
     // SAFETY: every load and store is at a fixed offset into the scan buffer or at an offset
@@ -173,6 +181,26 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
             "if {newlines} != 0 goto 24f",
             // The next two words: into the first that holds a line end, or on to the loop
             // for long lines.
+            "{at} = {offset}",
+            "{at} &= {window}",
+            "{at} += {buf}",
+            "{first} = *(u64 *)({at} + 8)",
+            "{second} = *(u64 *)({at} + 16)",
+            "{line} = {below_lf} ll",
+            flag_below_lf!("{first}"),
+            flag_below_lf!("{second}"),
+            "{first} |= {second}",
+            "{line} = {high} ll",
+            "{first} &= {line}",
+            "if {first} != 0 goto 22f",
+            "{offset} += 16",
+            // The two after them.
+            "{offset} &= {offset_range}",
+            "{at} = {offset}",
+            "{at} *= 1",
+            "if {at} < {len} goto 34f",
+            "goto 27f",
+            "34:",
             "{at} = {offset}",
             "{at} &= {window}",
             "{at} += {buf}",
@@ -276,12 +304,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
             "{second} &= {byte_window}",
             "{at} += {second}",
             "{at} = *(u8 *)({at} + 0)",
-            "{first} = {buf}",
-            "{second} = {at}",
-            "{second} >>= 3",
-            "{second} &= 8",
-            "{first} += {second}",
-            "{first} = *(u64 *)({first} + {lead_map})",
+            "{first} = {leads}",
             "{at} &= 63",
             "{first} >>= {at}",
             "{first} &= 1",
@@ -303,6 +326,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
             budget = inout(reg) walk.budget,
             buf = in(reg) core::ptr::from_mut(buf),
             len = in(reg) len,
+            leads = in(reg) leads,
             at = out(reg) status,
             line = out(reg) line,
             first = out(reg) _,
@@ -311,7 +335,6 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize) -> Stop {
             offset_range = const OFFSET_RANGE,
             byte_window = const super::SCAN_BYTES - 1,
             lines = const core::mem::offset_of!(ScanBuf, lines),
-            lead_map = const core::mem::offset_of!(ScanBuf, lead_map),
             max_lines = const super::MAX_HEADER_LINES,
             below_lf = const BELOW_LF,
             lf = const 0x0a0a_0a0a_0a0a_0a0a_u64,
