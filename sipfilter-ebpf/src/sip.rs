@@ -558,27 +558,57 @@ pub fn find_headers<S: HeaderSet>(
     len: usize,
     wanted: u64,
 ) -> Headers {
+    find_header_starts::<S>(buf, start, len, wanted);
+    let len = widened_len(buf, len);
+    for index in 0..MAX_HEADERS {
+        let value = ScanBuf::get(buf.value_start(index));
+        if value != 0 {
+            let span = value_span(buf, value, len);
+            ScanBuf::set(buf.value_end(index), span.end);
+        }
+    }
+    buf.found
+}
+
+/// [`find_headers`] without the values' ends (each `end` is 0): for a caller that may not
+/// need every value, and finds the ends of those it does with [`value_span`].
+#[inline(always)]
+pub fn find_header_starts<S: HeaderSet>(
+    buf: &mut ScanBuf,
+    start: usize,
+    len: usize,
+    wanted: u64,
+) -> Headers {
     for index in 0..MAX_HEADERS {
         ScanBuf::set(buf.value_start(index), 0);
         ScanBuf::set(buf.value_end(index), 0);
     }
     buf.set_remaining(wanted);
     scan_lines::<S>(buf, start, len);
-    // Widened: the loop's exits leave the verifier knowing `len` differently, and it would
-    // walk all that follows once for each (a mask, not `min`, which would split it again).
-    let len = buf.widen(len) & (2 * SCAN_BYTES - 1);
-    // A value ends at its line's end, or MAX_VALUE_BYTES on, past which nothing reads a value.
-    // Found here rather than in the line loop, which then carries nothing from one line to the
-    // next but the line count.
-    for index in 0..MAX_HEADERS {
-        let value = ScanBuf::get(buf.value_start(index)) as usize;
-        if value != 0 {
-            let end =
-                find_in_value(buf, value, len, b'\n').unwrap_or(len.min(value + MAX_VALUE_BYTES));
-            ScanBuf::set(buf.value_end(index), end as u64);
-        }
-    }
     buf.found
+}
+
+/// `len` after a header scan, as [`value_span`] wants it. Widened: the scan loop's exits leave
+/// the verifier knowing `len` differently, and it would walk all that follows once for each (a
+/// mask, not `min`, which would split it again).
+#[inline(always)]
+pub fn widened_len(buf: &mut ScanBuf, len: usize) -> usize {
+    buf.widen(len) & (2 * SCAN_BYTES - 1)
+}
+
+/// The value that starts at `start`: it ends at its line's end, or [`MAX_VALUE_BYTES`] on, past
+/// which nothing reads a value. Found here rather than in the line walk, which then carries
+/// nothing from one line to the next but the line count.
+#[inline(always)]
+pub fn value_span(buf: &mut ScanBuf, start: u64, len: usize) -> Span {
+    let start = start as usize;
+    let end = find_in_value(buf, start, len, b'\n').unwrap_or(len.min(start + MAX_VALUE_BYTES));
+    // Widened: each way out of the search knows `end` differently, and the verifier would walk
+    // the matcher once for each.
+    Span {
+        start: start as u64,
+        end: buf.widen(end) as u64,
+    }
 }
 
 /// Classifies a line and records where a wanted header's value starts.

@@ -260,7 +260,7 @@ pub fn scan_headers() -> Reason {
     if len == 0 || len > SCAN_BYTES {
         return Reason::SipOk;
     }
-    let headers = parser::find_headers::<RequestHeaders>(
+    let headers = parser::find_header_starts::<RequestHeaders>(
         buf,
         handoff.headers as usize & (SCAN_BYTES - 1),
         len,
@@ -284,6 +284,9 @@ pub fn scan_headers() -> Reason {
             Reason::ScannerFrom,
         ),
     ];
+    // A value's end is found only when it is matched: a scanner's User-Agent decides before
+    // its From is looked at.
+    let len = parser::widened_len(buf, len);
     for (value, list, reason) in checks {
         if !value.is_present() {
             continue;
@@ -291,6 +294,7 @@ pub fn scan_headers() -> Reason {
         let Some(set) = SF_PATTERNS_V2.get(list) else {
             continue;
         };
+        let value = parser::value_span(buf, value.start, len);
         if matcher::matches(set, buf, value) {
             let monitored = monitored(config, RuleKind::Scanner);
             emit(
