@@ -157,6 +157,56 @@ macro_rules! line_ends {
     };
 }
 
+/// Assembly for "{at} = the address of the current word", masked into the window.
+#[cfg(target_arch = "bpf")]
+macro_rules! current_word {
+    () => {
+        "{at} = {offset}\n{at} &= {window}\n{at} += {buf}"
+    };
+}
+
+/// Assembly for "{first} = non-zero if a byte of the two words at {at} + 8 is below LF".
+#[cfg(target_arch = "bpf")]
+macro_rules! pair_below_lf {
+    () => {
+        concat!(
+            "{first} = *(u64 *)({at} + 8)\n",
+            "{second} = *(u64 *)({at} + 16)\n",
+            "{line} = {below_lf} ll\n",
+            flag_below_lf!("{first}"),
+            "\n",
+            flag_below_lf!("{second}"),
+            "\n",
+            "{first} |= {second}",
+        )
+    };
+}
+
+/// Assembly for "keep the flag bits of {first}".
+#[cfg(target_arch = "bpf")]
+macro_rules! flags_of_first {
+    () => {
+        "{line} = {high} ll\n{first} &= {line}"
+    };
+}
+
+/// Assembly for "mask the offset; go to `$label` if it is still inside the message, or leave
+/// at its end".
+#[cfg(target_arch = "bpf")]
+macro_rules! inside_or_end {
+    ($label:literal) => {
+        concat!(
+            "{offset} &= {offset_range}\n",
+            "{at} = {offset}\n",
+            "{at} *= 1\n",
+            "if {at} < {len} goto ",
+            $label,
+            "\n",
+            "goto 27f",
+        )
+    };
+}
+
 /// The same steps in eBPF assembly.
 ///
 /// For the verifier, which walks a loop once per iteration until its states repeat: the offset
@@ -169,7 +219,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> 
     let status: u64;
     let line: usize;
     // SAFETY: every load and store is at a fixed offset into the scan buffer or at an offset
-    // masked into it; the buffer holds two words past the masked word offset.
+    // masked into it; the buffer holds four words past the masked word offset.
     unsafe {
         core::arch::asm!(
             "{line} = 0",
@@ -179,83 +229,44 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> 
             "21:",
             "{budget} += -1",
             "if {newlines} != 0 goto 24f",
-            // The next two words: into the first that holds a line end, or on to the loop
-            // for long lines.
-            "{at} = {offset}",
-            "{at} &= {window}",
-            "{at} += {buf}",
-            "{first} = *(u64 *)({at} + 8)",
-            "{second} = *(u64 *)({at} + 16)",
-            "{line} = {below_lf} ll",
-            flag_below_lf!("{first}"),
-            flag_below_lf!("{second}"),
-            "{first} |= {second}",
-            "{line} = {high} ll",
-            "{first} &= {line}",
+            // The next two words: into the first that holds a line end, or on.
+            current_word!(),
+            pair_below_lf!(),
+            flags_of_first!(),
             "if {first} != 0 goto 22f",
             "{offset} += 16",
             // The two after them.
-            "{offset} &= {offset_range}",
-            "{at} = {offset}",
-            "{at} *= 1",
-            "if {at} < {len} goto 34f",
-            "goto 27f",
+            inside_or_end!("34f"),
             "34:",
-            "{at} = {offset}",
-            "{at} &= {window}",
-            "{at} += {buf}",
-            "{first} = *(u64 *)({at} + 8)",
-            "{second} = *(u64 *)({at} + 16)",
-            "{line} = {below_lf} ll",
-            flag_below_lf!("{first}"),
-            flag_below_lf!("{second}"),
-            "{first} |= {second}",
-            "{line} = {high} ll",
-            "{first} &= {line}",
+            current_word!(),
+            pair_below_lf!(),
+            flags_of_first!(),
             "if {first} != 0 goto 22f",
             "{offset} += 16",
             // A long line: four words a step.
             "30:",
-            "{offset} &= {offset_range}",
-            "{at} = {offset}",
-            "{at} *= 1",
-            "if {at} < {len} goto 31f",
-            "goto 27f",
+            inside_or_end!("31f"),
             "31:",
             "if {budget} != 0 goto 32f",
             "goto 28f",
             "32:",
             "{budget} += -1",
-            "{at} = {offset}",
-            "{at} &= {window}",
-            "{at} += {buf}",
-            "{first} = *(u64 *)({at} + 8)",
-            "{second} = *(u64 *)({at} + 16)",
-            "{line} = {below_lf} ll",
-            flag_below_lf!("{first}"),
-            flag_below_lf!("{second}"),
-            "{first} |= {second}",
+            current_word!(),
+            pair_below_lf!(),
             "{second} = *(u64 *)({at} + 24)",
             flag_below_lf!("{second}"),
             "{first} |= {second}",
             "{second} = *(u64 *)({at} + 32)",
             flag_below_lf!("{second}"),
             "{first} |= {second}",
-            "{line} = {high} ll",
-            "{first} &= {line}",
+            flags_of_first!(),
             "if {first} != 0 goto 33f",
             "{offset} += 32",
             "goto 30b",
             // Which two of the four?
             "33:",
-            "{first} = *(u64 *)({at} + 8)",
-            "{second} = *(u64 *)({at} + 16)",
-            "{line} = {below_lf} ll",
-            flag_below_lf!("{first}"),
-            flag_below_lf!("{second}"),
-            "{first} |= {second}",
-            "{line} = {high} ll",
-            "{first} &= {line}",
+            pair_below_lf!(),
+            flags_of_first!(),
             "if {first} != 0 goto 22f",
             "{offset} += 16",
             "{at} += 16",
@@ -269,11 +280,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> 
             "{offset} += 8",
             line_ends!(),
             "23:",
-            "{offset} &= {offset_range}",
-            "{at} = {offset}",
-            "{at} *= 1",
-            "if {at} < {len} goto 20b",
-            "goto 27f",
+            inside_or_end!("20b"),
             // Take the first line end of the word.
             "24:",
             "{first} = 0",
