@@ -8,7 +8,7 @@
 
 use super::ScanBuf;
 #[cfg(not(target_arch = "bpf"))]
-use super::{MAX_HEADER_LINES, SCAN_BYTES, WORD_INDEX_MASK, may_matter};
+use super::{MAX_HEADER_LINES, SCAN_BYTES, WORD_INDEX_MASK, byte_at, may_matter};
 #[cfg(not(target_arch = "bpf"))]
 use crate::swar::{bytes_equal, first_flagged};
 
@@ -18,7 +18,7 @@ pub struct Walk {
     pub offset: usize,
     /// The current word's line ends not taken yet (the high bit of each such byte).
     pub newlines: u64,
-    /// Steps left: one per step, whether it moves past two words or takes a line end.
+    /// Steps left: one per step, whether it moves on two or four words or takes a line end.
     pub budget: usize,
 }
 
@@ -108,8 +108,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> 
         if line >= len {
             return Stop::End;
         }
-        let lead = (buf.words[(line & (SCAN_BYTES - 1)) / 8] >> ((line & 7) * 8)) as u8;
-        if may_matter(leads, lead) {
+        if may_matter(leads, byte_at(buf, line & (SCAN_BYTES - 1))) {
             return Stop::Line(line);
         }
         if buf.lines > MAX_HEADER_LINES as u64 {
