@@ -18,6 +18,7 @@ pub mod map_names {
     pub const SRC_HINTS: &str = "SF_SRC_HINTS";
     pub const DENY_V4: &str = "SF_DENY4";
     pub const DENY_V6: &str = "SF_DENY6";
+    pub const DENY_NETS_V4: &str = "SF_DENY4_NETS";
     pub const ALLOW_V4: &str = "SF_ALLOW4";
     pub const ALLOW_V6: &str = "SF_ALLOW6";
     pub const BANS: &str = "SF_BANS";
@@ -511,6 +512,28 @@ impl Default for HintBlock {
     }
 }
 
+/// `SF_DENY4_NETS` marks the IPv4 /24 networks that one permanent deny entry covers whole, one
+/// bit each, so the datapath drops their sources with one array read instead of a trie lookup
+/// (range blocklists are mostly /24 and shorter). For `net`, an address's top 24 bits: entry
+/// `net >> 11`, word `(net >> 6) & 31`, bit `net & 63`. Userspace keeps the bits a subset of the
+/// deny trie's permanent entries: set after the entry is written, cleared before it goes, so a
+/// set bit never decides what the trie would not.
+pub mod deny_nets {
+    pub const BLOCKS: u32 = 1 << 13;
+    pub const WORDS: usize = 32;
+
+    /// Where the bit of the /24 network `net` lies: `(entry, word, bit)`.
+    pub const fn position(net: u32) -> (u32, usize, u32) {
+        (net >> 11, ((net >> 6) & 31) as usize, net & 63)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetBlock {
+    pub words: [u64; deny_nets::WORDS],
+}
+
 /// Per-source rate-limiter state (`SF_RATE`, LRU hash). Updated from several CPUs without a
 /// lock: see the datapath's `rate` module for the bounded error this allows.
 #[repr(C)]
@@ -703,6 +726,8 @@ const _: () = assert!(core::mem::size_of::<SourceRule>() == 8);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Ban>() == 8);
 const _: () = assert!(core::mem::size_of::<HintBlock>() == 256);
+const _: () = assert!(core::mem::size_of::<NetBlock>() == 256);
+const _: () = assert!(deny_nets::BLOCKS as usize * deny_nets::WORDS * 64 == 1 << 24);
 const _: () = assert!(core::mem::size_of::<RateState>() == 24);
 const _: () = assert!(
     core::mem::size_of::<PatternSet>()
@@ -763,6 +788,7 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for Ban {}
     unsafe impl aya::Pod for HintBlock {}
+    unsafe impl aya::Pod for NetBlock {}
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for PatternSet {}
     unsafe impl aya::Pod for Event {}

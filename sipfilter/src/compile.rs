@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use sipfilter_common::{
-    ABI_VERSION, Config, HintBlock, PORT_BLOCKS, PatternSet, PortBlock, RateParams, RuleKind,
-    SourceKey, TOLL_PREFIX_MAX, TRANSPORT_TCP, TRANSPORT_UDP, config_flags, hint, port_class,
+    ABI_VERSION, Config, HintBlock, NetBlock, PORT_BLOCKS, PatternSet, PortBlock, RateParams,
+    RuleKind, SourceKey, TOLL_PREFIX_MAX, TRANSPORT_TCP, TRANSPORT_UDP, config_flags, deny_nets,
+    hint, port_class,
 };
 
 use crate::{
@@ -204,6 +205,36 @@ pub fn hint_blocks<'a>(entries: impl IntoIterator<Item = (&'a TrieKey, u8)>) -> 
         let (family, first, count) = hint_slots(key);
         for slot in first..first + count {
             blocks[(family * 256 + (slot >> 8)) as usize].bits[(slot & 0xff) as usize] |= bit;
+        }
+    }
+    blocks
+}
+
+/// The `SF_DENY4_NETS` blocks ([`deny_nets`]) that hold a bit for `deny`: one per IPv4 /24
+/// network that a permanent entry of /24 or shorter covers whole. Timed entries stay in the trie
+/// alone, which checks their expiry.
+pub fn deny_net_blocks(deny: &BTreeMap<TrieKey, u64>) -> BTreeMap<u32, NetBlock> {
+    let mut blocks: BTreeMap<u32, NetBlock> = BTreeMap::new();
+    for (key, &expires_ns) in deny {
+        let TrieKey::V4 { prefix_len, addr } = *key else {
+            continue;
+        };
+        if expires_ns != 0 || prefix_len > 24 {
+            continue;
+        }
+        let first = u32::from_be_bytes(addr) >> 8;
+        let count = 1u32 << (24 - prefix_len);
+        if count >= 64 {
+            // Whole words: a /8 is 1,024 of them, not 65,536 bits.
+            for net in (first..first + count).step_by(64) {
+                let (entry, word, _) = deny_nets::position(net);
+                blocks.entry(entry).or_default().words[word] = u64::MAX;
+            }
+        } else {
+            for net in first..first + count {
+                let (entry, word, bit) = deny_nets::position(net);
+                blocks.entry(entry).or_default().words[word] |= 1 << bit;
+            }
         }
     }
     blocks

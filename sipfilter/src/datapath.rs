@@ -27,11 +27,13 @@ use aya::{
     },
 };
 use sipfilter_common::{
-    ABI_VERSION, Ban, Config, HintBlock, PatternSet, PortBlock, STAGE_HEADERS, STAGE_SIP,
+    ABI_VERSION, Ban, Config, HintBlock, NetBlock, PatternSet, PortBlock, STAGE_HEADERS, STAGE_SIP,
     SourceKey, SourceRule, TOLL_PREFIX_MAX, capacity, hint, map_names, program_names, stats,
 };
 
-use crate::compile::{CompiledPolicy, SourceLists, TrieKey, ban_hint_key, hint_blocks, source_key};
+use crate::compile::{
+    CompiledPolicy, SourceLists, TrieKey, ban_hint_key, deny_net_blocks, hint_blocks, source_key,
+};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sipfilter";
 const PROGRAM_PIN: &str = "program";
@@ -412,7 +414,31 @@ impl Datapath {
         self.write_hints(&widened)?;
         self.write_trie(map_names::ALLOW_V4, map_names::ALLOW_V6, &lists.allow)?;
         self.write_trie(map_names::DENY_V4, map_names::DENY_V6, &lists.deny)?;
+        // After the trie, so a bit is never set before its entry is there; the bits of entries
+        // on their way out are cleared here, before remove_stale takes the entries.
+        self.write_deny_nets(
+            &deny_net_blocks(&current.deny),
+            &deny_net_blocks(&lists.deny),
+        )?;
         Ok(current)
+    }
+
+    /// Writes `new` over the `SF_DENY4_NETS` blocks of `new` and `old` (those of `old` alone
+    /// become empty); the rest of the 2 MB map is left as it is.
+    fn write_deny_nets(
+        &mut self,
+        old: &BTreeMap<u32, NetBlock>,
+        new: &BTreeMap<u32, NetBlock>,
+    ) -> Result<()> {
+        let mut map: Array<&mut MapData, NetBlock> =
+            Array::try_from(self.map_mut(map_names::DENY_NETS_V4))
+                .map_err(map_error(map_names::DENY_NETS_V4))?;
+        for index in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
+            let block = new.get(index).copied().unwrap_or_default();
+            map.set(*index, block, 0)
+                .map_err(map_error(map_names::DENY_NETS_V4))?;
+        }
+        Ok(())
     }
 
     fn remove_stale(&mut self, lists: &SourceLists, before: &SourceLists) -> Result<()> {

@@ -4,19 +4,23 @@
 //! Shared by the golden-table tests and the benchmark, so both measure the same thing.
 
 use std::{
-    path::PathBuf,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions, TestRunResult};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{TestRun, TestRunOptions, TestRunResult},
+};
 use sipfilter::{
     compile::compile,
     config::Policy,
     datapath::{self, Datapath},
 };
-use sipfilter_common::{Reason, stats};
+use sipfilter_common::{NetBlock, Reason, deny_nets, map_names, stats};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -98,6 +102,19 @@ impl TestDatapath {
             [reason] => Ok((action, *reason)),
             _ => anyhow::bail!("expected exactly one reason counted, got {counted:?}"),
         }
+    }
+
+    /// Where the maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Whether `SF_DENY4_NETS` marks the /24 network of `source` as denied whole.
+    pub fn denied_net_marked(&self, source: Ipv4Addr) -> Result<bool> {
+        let pin = self.pin_dir.join(map_names::DENY_NETS_V4);
+        let map: Array<MapData, NetBlock> = Array::try_from(Map::Array(MapData::from_pin(&pin)?))?;
+        let (entry, word, bit) = deny_nets::position(u32::from(source) >> 8);
+        Ok(map.get(&entry, 0)?.words[word] >> bit & 1 != 0)
     }
 
     /// Counters summed over CPUs (`sipfilter_common::stats` layout).

@@ -10,16 +10,21 @@
 //! 198.51.100.0/24 (allowlisted), 203.0.113.0/24 (denylisted), and 2001:db8::/32 for IPv6.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{
-    maps::{MapData, RingBuf},
+    maps::{LpmTrie, Map, MapData, RingBuf},
     programs::{TestRun, TestRunOptions},
 };
-use sipfilter::{datapath::monotonic_now_ns, events::DatapathEvent};
-use sipfilter_common::{EventKind, Method, Reason, stats};
+use sipfilter::{
+    compile::{SourceLists, TrieKey},
+    datapath::monotonic_now_ns,
+    events::DatapathEvent,
+};
+use sipfilter_common::{EventKind, Method, Reason, SourceRule, map_names, stats};
 use sipfilter_tests::{
     ExtHeader, Packet,
     datapath::{TestDatapath, XDP_DROP, XDP_PASS},
@@ -2100,6 +2105,70 @@ fn user_agent_after_lines_of_any_length() {
         ));
     }
     check_table(&mut dp, "user_agent_after_lines_of_any_length", &rows);
+}
+
+/// Permanent IPv4 denies of /24 or shorter are also marked in the /24 network map, which the
+/// datapath reads before the trie; the marks follow the list (a timed entry makes none, a
+/// removed entry leaves none), and a mark alone drops, so the map is what decides.
+#[test]
+fn range_denies_are_decided_from_the_network_map() {
+    if !require_bpf("range_denies_are_decided_from_the_network_map") {
+        return;
+    }
+    let mut dp =
+        TestDatapath::load("[sources]\ndeny = [\"203.0.113.0/24\", \"198.51.100.128/25\"]\n")
+            .expect("the datapath loads");
+    let ranged = Ipv4Addr::new(203, 0, 113, 66);
+    let narrow = Ipv4Addr::new(198, 51, 100, 200);
+    let packet = |source: Ipv4Addr| udp(IpAddr::V4(source), SIP_PORT, &clean_options()).build();
+    let denied = |dp: &mut TestDatapath, source: Ipv4Addr| {
+        dp.verdict(&packet(source)).expect("the program runs") == (XDP_DROP, Reason::Denylisted)
+    };
+    assert!(dp.denied_net_marked(ranged).unwrap());
+    assert!(
+        !dp.denied_net_marked(narrow).unwrap(),
+        "a /25 is the trie's"
+    );
+    assert!(denied(&mut dp, ranged) && denied(&mut dp, narrow));
+
+    let key = |net: &str| TrieKey::from_net(&net.parse().unwrap());
+    let lists = |deny: &[(&str, u64)]| SourceLists {
+        allow: BTreeMap::new(),
+        deny: deny
+            .iter()
+            .map(|&(net, expires)| (key(net), expires))
+            .collect(),
+    };
+    // A timed entry is the trie's too: it checks the expiry.
+    let later = monotonic_now_ns() + 3_600_000_000_000;
+    dp.datapath
+        .apply_lists(&lists(&[("203.0.113.0/24", later)]))
+        .unwrap();
+    assert!(!dp.denied_net_marked(ranged).unwrap());
+    assert!(denied(&mut dp, ranged));
+    assert!(!denied(&mut dp, narrow));
+
+    // Back to permanent, then gone.
+    dp.datapath
+        .apply_lists(&lists(&[("203.0.113.0/24", 0)]))
+        .unwrap();
+    assert!(dp.denied_net_marked(ranged).unwrap());
+    dp.datapath.apply_lists(&lists(&[])).unwrap();
+    assert!(!dp.denied_net_marked(ranged).unwrap());
+    assert!(!denied(&mut dp, ranged));
+
+    // A mark without its trie entry (never written so by the loader) still drops: the datapath
+    // reads the map first.
+    dp.datapath
+        .apply_lists(&lists(&[("203.0.113.0/24", 0)]))
+        .unwrap();
+    let mut trie: LpmTrie<MapData, [u8; 4], SourceRule> = LpmTrie::try_from(Map::LpmTrie(
+        MapData::from_pin(dp.pin_dir().join(map_names::DENY_V4)).unwrap(),
+    ))
+    .unwrap();
+    trie.remove(&aya::maps::lpm_trie::Key::new(24, [203, 0, 113, 0]))
+        .unwrap();
+    assert!(denied(&mut dp, ranged));
 }
 
 /// A message with exactly `lines` header lines in all (Content-Length included), the last a

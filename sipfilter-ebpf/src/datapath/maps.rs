@@ -12,8 +12,8 @@ use sipfilter_ebpf::sip::ScanBuf;
 
 use super::{egress::EgressHandoff, sip::Handoff};
 use sipfilter_common::{
-    Ban, Config, HintBlock, PORT_BLOCKS, PatternSet, PortBlock, RateState, STAGES, SourceKey,
-    SourceRule, TOLL_PREFIX_MAX, capacity, hint, stats,
+    Ban, Config, HintBlock, NetBlock, PORT_BLOCKS, PatternSet, PortBlock, RateState, STAGES,
+    SourceKey, SourceRule, TOLL_PREFIX_MAX, capacity, deny_nets, hint, stats,
 };
 
 /// Run-time settings: one [`Config`], replaced whole by userspace.
@@ -28,6 +28,10 @@ pub static SF_PORTS: Array<PortBlock> = Array::pinned(PORT_BLOCKS, 0);
 /// bit set costs no trie lookup.
 #[map]
 pub static SF_SRC_HINTS: Array<HintBlock> = Array::pinned(hint::BLOCKS, 0);
+
+/// IPv4 /24 networks a permanent deny entry covers whole ([`sipfilter_common::deny_nets`]).
+#[map]
+pub static SF_DENY4_NETS: Array<NetBlock> = Array::pinned(deny_nets::BLOCKS, 0);
 
 /// Deny set (policy file and CLI), IPv4 and IPv6.
 #[map]

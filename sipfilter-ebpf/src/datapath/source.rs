@@ -2,12 +2,14 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LpmTrie};
 use sipfilter_common::{
-    Config, Reason, RuleKind, SourceKey, SourceRule, hint, hint_slot_v4, hint_slot_v6,
+    Config, Reason, RuleKind, SourceKey, SourceRule, deny_nets, hint, hint_slot_v4, hint_slot_v6,
 };
 
 use super::{
     ip::{Network, Origin},
-    maps::{LpmKey, SF_ALLOW4, SF_ALLOW6, SF_BANS, SF_DENY4, SF_DENY6, SF_SRC_HINTS},
+    maps::{
+        LpmKey, SF_ALLOW4, SF_ALLOW6, SF_BANS, SF_DENY4, SF_DENY4_NETS, SF_DENY6, SF_SRC_HINTS,
+    },
     stats::count_monitored,
 };
 
@@ -93,6 +95,18 @@ fn in_list(
     }
 }
 
+/// An IPv4 source in a /24 that a permanent deny entry covers whole: denied without the trie.
+#[inline(always)]
+fn in_denied_net(net: &Network) -> bool {
+    if net.version != 4 {
+        return false;
+    }
+    let (entry, word, bit) = deny_nets::position(u32::from_be_bytes(net.source_v4()) >> 8);
+    SF_DENY4_NETS
+        .get(entry)
+        .is_some_and(|block| (block.words[word] >> bit) & 1 != 0)
+}
+
 /// `Some(reason)` when the source alone decides the packet: denied, banned or allowlisted.
 #[inline(always)]
 pub fn check(net: &Network, config: &Config) -> Option<Reason> {
@@ -101,7 +115,9 @@ pub fn check(net: &Network, config: &Config) -> Option<Reason> {
         return None;
     }
     let mut now = 0u64;
-    if hints & hint::DENY != 0 && in_list(net, &SF_DENY4, &SF_DENY6, &mut now) {
+    if hints & hint::DENY != 0
+        && (in_denied_net(net) || in_list(net, &SF_DENY4, &SF_DENY6, &mut now))
+    {
         if config.monitor_mask & RuleKind::Deny.bit() == 0 {
             return Some(Reason::Denylisted);
         }

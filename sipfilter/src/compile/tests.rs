@@ -101,6 +101,60 @@ fn hints_cover_exactly_the_slots_an_entry_can_match() {
     assert_eq!(hinted(&blocks, hint::FAMILY_V6, 0x2000), 0);
 }
 
+/// The /24 networks marked in `blocks`.
+fn marked_nets(blocks: &BTreeMap<u32, NetBlock>) -> Vec<u32> {
+    let mut nets = Vec::new();
+    for (entry, block) in blocks {
+        for (word, bits) in block.words.iter().enumerate() {
+            for bit in 0..64 {
+                if bits >> bit & 1 != 0 {
+                    nets.push(entry << 11 | (word as u32) << 6 | bit);
+                }
+            }
+        }
+    }
+    nets
+}
+
+#[test]
+fn permanent_v4_denies_of_24_or_shorter_mark_their_networks() {
+    let key = |net: &str| TrieKey::from_net(&net.parse().unwrap());
+    let deny = BTreeMap::from([
+        (key("203.0.113.0/24"), 0),
+        (key("198.51.0.0/22"), 0),
+        // Two whole words of the map.
+        (key("10.0.0.0/17"), 0),
+        // Longer than /24, timed, IPv6: the trie alone decides these.
+        (key("192.0.2.128/25"), 0),
+        (key("192.0.2.7/32"), 0),
+        (key("100.64.0.0/16"), 1_000),
+        (key("2001:db8::/32"), 0),
+    ]);
+    let blocks = deny_net_blocks(&deny);
+    let net = |a: u32, b: u32, c: u32| a << 16 | b << 8 | c;
+    let mut expected = vec![net(203, 0, 113)];
+    expected.extend((0..4).map(|c| net(198, 51, c)));
+    expected.extend((0..128).map(|c| net(10, 0, c)));
+    expected.sort_unstable();
+    assert_eq!(marked_nets(&blocks), expected);
+    // Each network's bit lies where the datapath looks for it.
+    let (entry, word, bit) = deny_nets::position(net(203, 0, 113));
+    assert_eq!(blocks[&entry].words[word] >> bit & 1, 1);
+}
+
+#[test]
+fn a_deny_of_everything_marks_every_network() {
+    let all = TrieKey::from_net(&"0.0.0.0/0".parse().unwrap());
+    let blocks = deny_net_blocks(&BTreeMap::from([(all, 0)]));
+    assert_eq!(blocks.len(), deny_nets::BLOCKS as usize);
+    assert!(
+        blocks
+            .values()
+            .all(|block| block.words.iter().all(|&word| word == u64::MAX))
+    );
+    assert!(deny_net_blocks(&BTreeMap::new()).is_empty());
+}
+
 #[test]
 fn short_ipv6_prefixes_hint_every_slot() {
     let all = TrieKey::from_net(&"2000::/3".parse().unwrap());
