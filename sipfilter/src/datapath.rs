@@ -20,7 +20,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
@@ -132,6 +132,31 @@ fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Datapath
     move |source| DatapathError::Map { name, source }
 }
 
+/// Tries of `BPF_PROG_LOAD` when it fails with `EAGAIN`: the verifier gives up with that when a
+/// signal reaches the loading thread while it works (a second or more for the header stage), and
+/// libbpf retries the same way.
+const PROG_LOAD_ATTEMPTS: u32 = 5;
+
+/// Runs `load` again while it fails and `interrupted` says why, [`PROG_LOAD_ATTEMPTS`] times in
+/// all.
+fn retry_interrupted<E>(
+    mut load: impl FnMut() -> std::result::Result<(), E>,
+    interrupted: impl Fn(&E) -> bool,
+) -> std::result::Result<(), E> {
+    let mut attempts = 1;
+    loop {
+        match load() {
+            Err(error) if interrupted(&error) && attempts < PROG_LOAD_ATTEMPTS => attempts += 1,
+            done => return done,
+        }
+    }
+}
+
+/// `BPF_PROG_LOAD` failed with `EAGAIN` (see [`PROG_LOAD_ATTEMPTS`]).
+fn interrupted(error: &ProgramError) -> bool {
+    matches!(error, ProgramError::LoadError { io_error, .. } if io_error.kind() == io::ErrorKind::WouldBlock)
+}
+
 impl Datapath {
     /// Loads the program and creates (or reuses) the pinned maps under `pin_dir`.
     pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Datapath> {
@@ -145,20 +170,21 @@ impl Datapath {
             .map_max_entries(map_names::RATE, max_sources)
             .load(DATAPATH_OBJECT)?;
         let program: &mut Xdp = program(&mut ebpf)?;
-        program.load()?;
-        egress_program(&mut ebpf)?.load()?;
+        retry_interrupted(|| program.load(), interrupted)?;
+        let egress = egress_program(&mut ebpf)?;
+        retry_interrupted(|| egress.load(), interrupted)?;
         for name in [program_names::SIP, program_names::HEADERS] {
             let stage: &mut Xdp = ebpf
                 .program_mut(name)
                 .expect("the object holds every stage")
                 .try_into()?;
-            stage.load()?;
+            retry_interrupted(|| stage.load(), interrupted)?;
         }
         let reader: &mut SchedClassifier = ebpf
             .program_mut(program_names::EGRESS_READ)
             .expect("the object holds the egress reader")
             .try_into()?;
-        reader.load()?;
+        retry_interrupted(|| reader.load(), interrupted)?;
         for (name, map, index) in [
             (program_names::SIP, map_names::STAGES, STAGE_SIP),
             (program_names::HEADERS, map_names::STAGES, STAGE_HEADERS),
@@ -922,4 +948,52 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: valid path and out-pointer.
     let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
     rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_load_is_tried_again_up_to_the_limit() {
+        let is_eagain = |error: &io::Error| error.kind() == io::ErrorKind::WouldBlock;
+        let failing = |errno| move || Err(io::Error::from_raw_os_error(errno));
+
+        let mut calls = 0;
+        let result = retry_interrupted(
+            || {
+                calls += 1;
+                if calls < 3 {
+                    failing(libc::EAGAIN)()
+                } else {
+                    Ok(())
+                }
+            },
+            is_eagain,
+        );
+        assert!(result.is_ok());
+        assert_eq!(calls, 3);
+
+        let mut calls = 0;
+        let result = retry_interrupted(
+            || {
+                calls += 1;
+                failing(libc::EAGAIN)()
+            },
+            is_eagain,
+        );
+        assert!(result.is_err());
+        assert_eq!(calls, PROG_LOAD_ATTEMPTS);
+
+        let mut calls = 0;
+        let result = retry_interrupted(
+            || {
+                calls += 1;
+                failing(libc::EPERM)()
+            },
+            is_eagain,
+        );
+        assert!(result.is_err(), "another error is not tried again");
+        assert_eq!(calls, 1);
+    }
 }

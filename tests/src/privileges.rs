@@ -83,16 +83,24 @@ fn load_trivial_xdp() -> Result<(), String> {
         kern_version: 0,
         prog_flags: 0,
     };
-    // SAFETY: `attr` and the buffers it points to outlive the call; the size passed is the size
-    // of the struct, so the kernel reads nothing beyond it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
-        )
-    };
+    // The verifier answers EAGAIN when a signal reaches this thread while it works (seen once
+    // in CI, with other tests' processes coming and going); libbpf tries 5 times, as we do.
+    let mut fd = -1;
+    for _ in 0..5 {
+        // SAFETY: `attr` and the buffers it points to outlive the call; the size passed is the
+        // size of the struct, so the kernel reads nothing beyond it.
+        fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
+            )
+        };
+        if fd >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+            break;
+        }
+    }
     if fd < 0 {
         return Err(format!(
             "bpf(BPF_PROG_LOAD) of a trivial XDP program failed: {}",
