@@ -120,7 +120,7 @@ fn read_response(buf: &mut ScanBuf, len: usize, origin: &Origin) {
     // parse enters the header scan as a state of its own, and the verifier gives up.
     let status = buf.widen(start.status as usize) as u16;
     let first_line = buf.widen(start.headers) & (SCAN_BYTES - 1);
-    let len = buf.widen(len) & (2 * SCAN_BYTES - 1);
+    let len = parser::widened_len(buf, len);
     let headers =
         parser::find_headers::<ResponseHeaders>(buf, first_line, len, ResponseHeaders::ALL);
     let method = response::cseq_method(buf, headers.value(ResponseHeaders::CSEQ));
