@@ -138,11 +138,11 @@ fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Datapath
 const PROG_LOAD_ATTEMPTS: u32 = 5;
 
 /// Runs `load` again while it fails and `interrupted` says why, [`PROG_LOAD_ATTEMPTS`] times in
-/// all.
-fn retry_interrupted<E>(
-    mut load: impl FnMut() -> std::result::Result<(), E>,
+/// all. Public for the tests' own BPF probe, which loads with a raw syscall.
+pub fn retry_interrupted<T, E>(
+    mut load: impl FnMut() -> std::result::Result<T, E>,
     interrupted: impl Fn(&E) -> bool,
-) -> std::result::Result<(), E> {
+) -> std::result::Result<T, E> {
     let mut attempts = 1;
     loop {
         match load() {
@@ -954,46 +954,25 @@ fn is_bpffs(path: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// Whether a load whose `call`-th try fails with `errno_of(call)` (or succeeds on `None`)
+    /// ends well, and after how many tries.
+    fn tries(errno_of: impl Fn(u32) -> Option<i32>) -> (bool, u32) {
+        let mut calls = 0;
+        let result = retry_interrupted(
+            || {
+                calls += 1;
+                errno_of(calls).map_or(Ok(()), |errno| Err(io::Error::from_raw_os_error(errno)))
+            },
+            |error: &io::Error| error.kind() == io::ErrorKind::WouldBlock,
+        );
+        (result.is_ok(), calls)
+    }
+
     #[test]
     fn an_interrupted_load_is_tried_again_up_to_the_limit() {
-        let is_eagain = |error: &io::Error| error.kind() == io::ErrorKind::WouldBlock;
-        let failing = |errno| move || Err(io::Error::from_raw_os_error(errno));
-
-        let mut calls = 0;
-        let result = retry_interrupted(
-            || {
-                calls += 1;
-                if calls < 3 {
-                    failing(libc::EAGAIN)()
-                } else {
-                    Ok(())
-                }
-            },
-            is_eagain,
-        );
-        assert!(result.is_ok());
-        assert_eq!(calls, 3);
-
-        let mut calls = 0;
-        let result = retry_interrupted(
-            || {
-                calls += 1;
-                failing(libc::EAGAIN)()
-            },
-            is_eagain,
-        );
-        assert!(result.is_err());
-        assert_eq!(calls, PROG_LOAD_ATTEMPTS);
-
-        let mut calls = 0;
-        let result = retry_interrupted(
-            || {
-                calls += 1;
-                failing(libc::EPERM)()
-            },
-            is_eagain,
-        );
-        assert!(result.is_err(), "another error is not tried again");
-        assert_eq!(calls, 1);
+        assert_eq!(tries(|call| (call < 3).then_some(libc::EAGAIN)), (true, 3));
+        assert_eq!(tries(|_| Some(libc::EAGAIN)), (false, PROG_LOAD_ATTEMPTS));
+        // Another error is not tried again.
+        assert_eq!(tries(|_| Some(libc::EPERM)), (false, 1));
     }
 }

@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use sipfilter::datapath::retry_interrupted;
+
 /// True when this process can create network namespaces and load XDP programs. Otherwise, with
 /// `CI=true` it panics; elsewhere it prints why the test is skipped and returns false.
 ///
@@ -83,30 +85,23 @@ fn load_trivial_xdp() -> Result<(), String> {
         kern_version: 0,
         prog_flags: 0,
     };
-    // The verifier answers EAGAIN when a signal reaches this thread while it works (seen once
-    // in CI, with other tests' processes coming and going); libbpf tries 5 times, as we do.
-    let mut fd = -1;
-    for _ in 0..5 {
-        // SAFETY: `attr` and the buffers it points to outlive the call; the size passed is the
-        // size of the struct, so the kernel reads nothing beyond it.
-        fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const ProgLoadAttr,
-                std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
-            )
-        };
-        if fd >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
-            break;
-        }
-    }
-    if fd < 0 {
-        return Err(format!(
-            "bpf(BPF_PROG_LOAD) of a trivial XDP program failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    // SAFETY: `attr` and the buffers it points to outlive the call; the size passed is the size
+    // of the struct, so the kernel reads nothing beyond it.
+    let load = || match unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
+        )
+    } {
+        fd if fd >= 0 => Ok(fd),
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    // The verifier answers EAGAIN when a signal reaches this thread while it works (seen once in
+    // CI); the datapath's loader tries again, and so does this probe.
+    let fd = retry_interrupted(load, |error| error.kind() == std::io::ErrorKind::WouldBlock)
+        .map_err(|error| format!("bpf(BPF_PROG_LOAD) of a trivial XDP program failed: {error}"))?;
     // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
     unsafe { libc::close(fd as libc::c_int) };
     Ok(())
