@@ -842,6 +842,28 @@ fn source_lists() {
                 drops(Reason::Denylisted),
             ),
         ]);
+        // The source is read before the rest of the network header: a header that is broken
+        // beyond the address does not save a denied source.
+        let broken = if src.is_ipv4() {
+            (
+                "IHL 4",
+                patched(udp(src, SIP_PORT, &clean).build(), ETH, 0x44),
+            )
+        } else {
+            (
+                "extension header cut short",
+                udp(src, SIP_PORT, &clean)
+                    .ext_header(ExtHeader::HopByHop { len: 0 })
+                    .ext_header(ExtHeader::DestinationOptions { len: 4 })
+                    .truncate(l4_offset(src) + 8 + 1)
+                    .build(),
+            )
+        };
+        rows.push(row(
+            format!("denylisted, {} {f}", broken.0),
+            broken.1,
+            drops(Reason::Denylisted),
+        ));
     }
     for src in ALLOWED {
         let f = family(src);

@@ -18,7 +18,7 @@ use sipfilter_ebpf::sip::{
 use super::{
     eth::{self, ETH_P_IP, ETH_P_IPV6},
     events::{Answer, emit_answer},
-    ip::{Fragment, Origin, Peer},
+    ip::{self, Fragment, Origin, Peer},
     ipv4, ipv6, l4,
     maps::{SF_EGRESS_BUF, SF_EGRESS_HAND},
     policy::port_class,
@@ -42,8 +42,8 @@ pub fn watch(ctx: &TcContext) -> bool {
         return false;
     };
     let net = match frame.ether_type {
-        ETH_P_IP => ipv4::parse(ctx, frame.l3_offset, Peer::Destination),
-        ETH_P_IPV6 => ipv6::parse(ctx, frame.l3_offset, Peer::Destination),
+        ETH_P_IP => ip::parse(ctx, ipv4::header(ctx, frame.l3_offset), Peer::Destination),
+        ETH_P_IPV6 => ip::parse(ctx, ipv6::header(ctx, frame.l3_offset), Peer::Destination),
         _ => None,
     };
     let Some(net) = net else {
@@ -53,12 +53,14 @@ pub fn watch(ctx: &TcContext) -> bool {
         return false;
     }
     // `None` for anything but UDP and TCP.
-    let Some(transport) = l4::parse(ctx, &net) else {
+    let Some(ports) = l4::ports(ctx, &net) else {
         return false;
     };
-    if !transport.consistent
-        || port_class(transport.transport, transport.src_port) != port_class::SIP
-    {
+    if port_class(ports.transport, ports.src_port) != port_class::SIP {
+        return false;
+    }
+    let transport = l4::parse(ctx, &net, ports);
+    if !transport.consistent {
         return false;
     }
     let (Some(buf), Some(handoff)) = (SF_EGRESS_BUF.get_ptr_mut(0), SF_EGRESS_HAND.get_ptr_mut(0))
@@ -84,7 +86,7 @@ pub fn watch(ctx: &TcContext) -> bool {
     if copied != 0 {
         return false;
     }
-    handoff.origin = Origin::new(&net, transport.dst_port, transport.src_port);
+    handoff.origin = Origin::new(&net.host, transport.dst_port, transport.src_port);
     handoff.len = len as u64;
     true
 }

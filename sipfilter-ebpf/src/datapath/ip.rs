@@ -1,5 +1,7 @@
 //! What the network layer tells the rest of the pipeline, for either family.
 
+use super::cursor::Frame;
+
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -27,12 +29,55 @@ pub enum Peer {
 #[derive(Clone, Copy)]
 pub struct Address(pub [u8; 16]);
 
-pub struct Network {
+impl Address {
+    /// `::ffff:a.b.c.d` for the IPv4 address whose bytes, in memory order, `raw` holds.
+    #[inline(always)]
+    pub fn mapped_v4(raw: u32) -> Address {
+        let words = [0, (u64::from(raw) << 32) | 0xffff_0000];
+        // SAFETY: two words are sixteen plain bytes.
+        Address(unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) })
+    }
+}
+
+/// The remote party of a packet ([`Peer`]: the source, except for the egress watcher, which
+/// reads the destination): all that the source checks need.
+#[derive(Clone, Copy)]
+pub struct Host {
     /// 4 or 6.
     pub version: u8,
-    /// The remote party's address ([`Peer`]: the source, except for the egress watcher, which
-    /// reads the destination); IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
-    pub source: Address,
+    /// IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+    pub address: Address,
+}
+
+impl Host {
+    /// The IPv4 address of an IPv4 host.
+    #[inline(always)]
+    pub fn v4(&self) -> [u8; 4] {
+        // SAFETY: sixteen plain bytes are two words.
+        let words = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(self.address.0) };
+        ((words[1] >> 32) as u32).to_ne_bytes()
+    }
+}
+
+/// A network header whose fixed part was found in the frame. The remote party's address is
+/// read from it first, and the rest (options, extension headers, lengths) only for a packet
+/// that the source checks did not decide: a denied source costs the fewest reads.
+pub trait Header {
+    fn host(&self, peer: Peer) -> Host;
+    /// The rest of the header, for `host` (what [`Header::host`] returned); `None` if it is
+    /// malformed or runs past the frame.
+    fn network(&self, ctx: &impl Frame, host: Host) -> Option<Network>;
+}
+
+/// The whole network header at once, for a reader that checks no source first.
+#[inline(always)]
+pub fn parse(ctx: &impl Frame, header: Option<impl Header>, peer: Peer) -> Option<Network> {
+    let header = header?;
+    header.network(ctx, header.host(peer))
+}
+
+pub struct Network {
+    pub host: Host,
     /// Transport protocol (after IPv6 extension headers).
     pub protocol: u8,
     pub l4_offset: usize,
@@ -43,15 +88,6 @@ pub struct Network {
     pub consistent: bool,
     /// IPv6 only: the transport header lies beyond the extension headers we follow.
     pub too_deep: bool,
-}
-
-impl Network {
-    /// The IPv4 address of an IPv4 source.
-    #[inline(always)]
-    pub fn source_v4(&self) -> [u8; 4] {
-        let bytes = &self.source.0;
-        [bytes[12], bytes[13], bytes[14], bytes[15]]
-    }
 }
 
 /// Where a packet came from, as events report it. Copied into the hand-off to the header-scan
@@ -69,12 +105,12 @@ pub struct Origin {
 
 impl Origin {
     #[inline(always)]
-    pub fn new(net: &Network, src_port: u16, dst_port: u16) -> Origin {
+    pub fn new(host: &Host, src_port: u16, dst_port: u16) -> Origin {
         Origin {
-            source: net.source,
+            source: host.address,
             src_port,
             dst_port,
-            version: net.version,
+            version: host.version,
             _pad: [0; 3],
         }
     }

@@ -1,8 +1,8 @@
 //! IPv6 and its extension headers (hop-by-hop, routing, destination options, fragment).
 
 use super::{
-    cursor::{Frame, read, remaining, span},
-    ip::{Address, Fragment, Network, Peer},
+    cursor::{Frame, Span, read, remaining, span},
+    ip::{Address, Fragment, Header, Host, Network, Peer},
 };
 
 const HEADER: usize = 40;
@@ -19,57 +19,75 @@ fn is_extension(next: u8) -> bool {
     next == HOP_BY_HOP || next == ROUTING || next == FRAGMENT || next == DESTINATION_OPTIONS
 }
 
+/// The fixed header of IPv6, in the frame, with version 6.
+pub struct Ipv6 {
+    header: Span<HEADER>,
+    offset: usize,
+}
+
 #[inline(always)]
-pub fn parse(ctx: &impl Frame, offset: usize, peer: Peer) -> Option<Network> {
+pub fn header(ctx: &impl Frame, offset: usize) -> Option<Ipv6> {
     let header = span::<HEADER>(ctx, offset)?;
-    if header.u8_at::<0>() >> 4 != 6 {
-        return None;
-    }
-    let payload_len = u16::from_be(header.u16_at::<4>()) as usize;
-    let mut next = header.u8_at::<6>();
-    let mut source = [0u8; 16];
-    let (high, low) = match peer {
-        Peer::Source => (header.u64_at::<8>(), header.u64_at::<16>()),
-        Peer::Destination => (header.u64_at::<24>(), header.u64_at::<32>()),
-    };
-    source[..8].copy_from_slice(&high.to_ne_bytes());
-    source[8..].copy_from_slice(&low.to_ne_bytes());
-    let source = Address(source);
+    (header.u8_at::<0>() >> 4 == 6).then_some(Ipv6 { header, offset })
+}
 
-    let mut l4_offset = offset + HEADER;
-    let mut fragment = Fragment::Whole;
-    for _ in 0..MAX_EXTENSION_HEADERS {
-        if !is_extension(next) || fragment == Fragment::Later {
-            break;
+impl Header for Ipv6 {
+    #[inline(always)]
+    fn host(&self, peer: Peer) -> Host {
+        let (high, low) = match peer {
+            Peer::Source => (self.header.u64_at::<8>(), self.header.u64_at::<16>()),
+            Peer::Destination => (self.header.u64_at::<24>(), self.header.u64_at::<32>()),
+        };
+        let mut address = [0u8; 16];
+        address[..8].copy_from_slice(&high.to_ne_bytes());
+        address[8..].copy_from_slice(&low.to_ne_bytes());
+        Host {
+            version: 6,
+            address: Address(address),
         }
-        let following = read::<u8>(ctx, l4_offset)?;
-        if next == FRAGMENT {
-            let offset_flags = u16::from_be(read::<u16>(ctx, l4_offset + 2)?);
-            fragment = if offset_flags & 0xfff8 != 0 {
-                Fragment::Later
-            } else if offset_flags & 1 != 0 {
-                Fragment::First
+    }
+
+    /// Follows the extension headers to the transport header.
+    #[inline(always)]
+    fn network(&self, ctx: &impl Frame, host: Host) -> Option<Network> {
+        let (header, offset) = (&self.header, self.offset);
+        let payload_len = u16::from_be(header.u16_at::<4>()) as usize;
+        let mut next = header.u8_at::<6>();
+        let mut l4_offset = offset + HEADER;
+        let mut fragment = Fragment::Whole;
+        for _ in 0..MAX_EXTENSION_HEADERS {
+            if !is_extension(next) || fragment == Fragment::Later {
+                break;
+            }
+            let following = read::<u8>(ctx, l4_offset)?;
+            if next == FRAGMENT {
+                let offset_flags = u16::from_be(read::<u16>(ctx, l4_offset + 2)?);
+                fragment = if offset_flags & 0xfff8 != 0 {
+                    Fragment::Later
+                } else if offset_flags & 1 != 0 {
+                    Fragment::First
+                } else {
+                    Fragment::Whole
+                };
+                l4_offset += 8;
             } else {
-                Fragment::Whole
-            };
-            l4_offset += 8;
-        } else {
-            // Hdr Ext Len counts 8-octet units after the first 8 octets.
-            l4_offset += (read::<u8>(ctx, l4_offset + 1)? as usize + 1) * 8;
+                // Hdr Ext Len counts 8-octet units after the first 8 octets.
+                l4_offset += (read::<u8>(ctx, l4_offset + 1)? as usize + 1) * 8;
+            }
+            next = following;
         }
-        next = following;
-    }
 
-    let extensions = l4_offset - offset - HEADER;
-    let consistent = payload_len >= extensions && HEADER + payload_len <= remaining(ctx, offset);
-    Some(Network {
-        version: 6,
-        source,
-        protocol: next,
-        l4_offset,
-        l4_len: payload_len.saturating_sub(extensions),
-        fragment,
-        consistent,
-        too_deep: is_extension(next) && fragment != Fragment::Later,
-    })
+        let extensions = l4_offset - offset - HEADER;
+        let consistent =
+            payload_len >= extensions && HEADER + payload_len <= remaining(ctx, offset);
+        Some(Network {
+            host,
+            protocol: next,
+            l4_offset,
+            l4_len: payload_len.saturating_sub(extensions),
+            fragment,
+            consistent,
+            too_deep: is_extension(next) && fragment != Fragment::Later,
+        })
+    }
 }

@@ -1,4 +1,7 @@
 //! UDP and TCP: ports and where the payload is.
+//!
+//! In two steps: the ports first, which decide most packets (a port that is not protected
+//! passes), then the lengths and the payload, only for a packet to or from a protected port.
 
 use sipfilter_common::{TRANSPORT_TCP, TRANSPORT_UDP};
 
@@ -10,8 +13,17 @@ use super::{
 const UDP_HEADER: usize = 8;
 const TCP_MIN_HEADER: usize = 20;
 
-pub struct Transport {
+/// The first four bytes of a UDP or TCP header.
+#[derive(Clone, Copy)]
+pub struct Ports {
     /// `TRANSPORT_UDP` or `TRANSPORT_TCP`: selects the port table.
+    pub transport: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+pub struct Transport {
+    /// `TRANSPORT_UDP` or `TRANSPORT_TCP`.
     pub transport: u32,
     pub src_port: u16,
     pub dst_port: u16,
@@ -24,53 +36,56 @@ pub struct Transport {
 
 /// `None` when the packet is neither UDP nor TCP, or too short to hold the ports.
 #[inline(always)]
-pub fn parse(ctx: &impl Frame, net: &Network) -> Option<Transport> {
+pub fn ports(ctx: &impl Frame, net: &Network) -> Option<Ports> {
     let transport = match net.protocol {
         IPPROTO_UDP => TRANSPORT_UDP,
         IPPROTO_TCP => TRANSPORT_TCP,
         _ => return None,
     };
+    let ports = read::<[u16; 2]>(ctx, net.l4_offset)?;
+    Some(Ports {
+        transport,
+        src_port: u16::from_be(ports[0]),
+        dst_port: u16::from_be(ports[1]),
+    })
+}
+
+/// The rest of the header that `ports` came from.
+#[inline(always)]
+pub fn parse(ctx: &impl Frame, net: &Network, ports: Ports) -> Transport {
     let offset = net.l4_offset;
-    if transport == TRANSPORT_UDP
+    let transport = |payload_offset, payload_len, consistent| Transport {
+        transport: ports.transport,
+        src_port: ports.src_port,
+        dst_port: ports.dst_port,
+        payload_offset,
+        payload_len,
+        consistent,
+    };
+    if ports.transport == TRANSPORT_UDP
         && let Some(header) = span::<UDP_HEADER>(ctx, offset)
     {
         let udp_len = u16::from_be(header.u16_at::<4>()) as usize;
         // A first fragment's UDP length covers the whole datagram, beyond this frame.
         let fits = net.fragment == Fragment::First || udp_len <= net.l4_len;
         let payload_offset = offset + UDP_HEADER;
-        return Some(Transport {
-            transport,
-            src_port: u16::from_be(header.u16_at::<0>()),
-            dst_port: u16::from_be(header.u16_at::<2>()),
+        return transport(
             payload_offset,
-            payload_len: (udp_len.saturating_sub(UDP_HEADER)).min(remaining(ctx, payload_offset)),
-            consistent: net.consistent && udp_len >= UDP_HEADER && fits,
-        });
+            (udp_len.saturating_sub(UDP_HEADER)).min(remaining(ctx, payload_offset)),
+            net.consistent && udp_len >= UDP_HEADER && fits,
+        );
     }
-    if transport == TRANSPORT_TCP
+    if ports.transport == TRANSPORT_TCP
         && let Some(header) = span::<TCP_MIN_HEADER>(ctx, offset)
     {
         let header_len = ((header.u8_at::<12>() >> 4) as usize) * 4;
         let payload_offset = offset + header_len;
-        return Some(Transport {
-            transport,
-            src_port: u16::from_be(header.u16_at::<0>()),
-            dst_port: u16::from_be(header.u16_at::<2>()),
+        return transport(
             payload_offset,
-            payload_len: (net.l4_len.saturating_sub(header_len))
-                .min(remaining(ctx, payload_offset)),
-            consistent: net.consistent && header_len >= TCP_MIN_HEADER && header_len <= net.l4_len,
-        });
+            (net.l4_len.saturating_sub(header_len)).min(remaining(ctx, payload_offset)),
+            net.consistent && header_len >= TCP_MIN_HEADER && header_len <= net.l4_len,
+        );
     }
-    // A header cut short: the ports may still say the packet was meant for a protected port,
-    // where a truncated header is dropped.
-    let ports = read::<[u16; 2]>(ctx, offset)?;
-    Some(Transport {
-        transport,
-        src_port: u16::from_be(ports[0]),
-        dst_port: u16::from_be(ports[1]),
-        payload_offset: offset,
-        payload_len: 0,
-        consistent: false,
-    })
+    // A header cut short after the ports: a protected port drops it.
+    transport(offset, 0, false)
 }

@@ -3,11 +3,11 @@
 //! final reason.
 
 use aya_ebpf::programs::XdpContext;
-use sipfilter_common::{Reason, RuleKind, port_class};
+use sipfilter_common::{Config, Reason, RuleKind, port_class};
 
 use super::{
     eth::{self, ETH_P_IP, ETH_P_IPV6},
-    ip::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Peer},
+    ip::{Fragment, Header, IPPROTO_TCP, IPPROTO_UDP, Network, Peer},
     ipv4, ipv6, l4,
     maps::{SF_CONFIG, SF_PORTS},
     sip::{self, Stage},
@@ -36,17 +36,12 @@ pub fn decide(ctx: &XdpContext) -> Stage {
 #[inline(always)]
 fn decide_inner(ctx: &XdpContext) -> Result<Stage, Reason> {
     let frame = eth::parse(ctx).ok_or(Reason::Unparsed)?;
-    let net = match frame.ether_type {
-        ETH_P_IP => ipv4::parse(ctx, frame.l3_offset, Peer::Source),
-        ETH_P_IPV6 => ipv6::parse(ctx, frame.l3_offset, Peer::Source),
-        _ => None,
-    };
-    let net = net.ok_or(Reason::Unparsed)?;
     let config = SF_CONFIG.get(0).ok_or(Reason::Unparsed)?;
-
-    if let Some(reason) = source::check(&net, config) {
-        return Err(reason);
-    }
+    let net = match frame.ether_type {
+        ETH_P_IP => checked_source(ctx, ipv4::header(ctx, frame.l3_offset), config),
+        ETH_P_IPV6 => checked_source(ctx, ipv6::header(ctx, frame.l3_offset), config),
+        _ => Err(Reason::Unparsed),
+    }?;
     if net.fragment == Fragment::Later {
         return Err(Reason::Fragment);
     }
@@ -56,12 +51,12 @@ fn decide_inner(ctx: &XdpContext) -> Result<Stage, Reason> {
     if net.protocol != IPPROTO_UDP && net.protocol != IPPROTO_TCP {
         return Err(Reason::Unprotected);
     }
-    let transport = l4::parse(ctx, &net).ok_or(Reason::Unparsed)?;
-
-    let class = port_class(transport.transport, transport.dst_port);
+    let ports = l4::ports(ctx, &net).ok_or(Reason::Unparsed)?;
+    let class = port_class(ports.transport, ports.dst_port);
     if class == port_class::NONE {
         return Err(Reason::Unprotected);
     }
+    let transport = l4::parse(ctx, &net, ports);
     if !transport.consistent {
         return Err(Reason::Malformed);
     }
@@ -78,4 +73,20 @@ fn decide_inner(ctx: &XdpContext) -> Result<Stage, Reason> {
             None => Ok(sip::hand_over(&net, &transport)),
         },
     }
+}
+
+/// The source checks, then the rest of the network header: `Err` with the reason when the
+/// source decides the packet, or the header is cut short or malformed.
+#[inline(always)]
+fn checked_source(
+    ctx: &XdpContext,
+    header: Option<impl Header>,
+    config: &Config,
+) -> Result<Network, Reason> {
+    let header = header.ok_or(Reason::Unparsed)?;
+    let host = header.host(Peer::Source);
+    if let Some(reason) = source::check(&host, config) {
+        return Err(reason);
+    }
+    header.network(ctx, host).ok_or(Reason::Unparsed)
 }

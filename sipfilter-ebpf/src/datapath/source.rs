@@ -6,7 +6,7 @@ use sipfilter_common::{
 };
 
 use super::{
-    ip::{Network, Origin},
+    ip::{Host, Origin},
     maps::{
         LpmKey, SF_ALLOW4, SF_ALLOW6, SF_BANS, SF_DENY4, SF_DENY4_NETS, SF_DENY6, SF_SRC_HINTS,
     },
@@ -61,11 +61,11 @@ fn live(expires_ns: Option<u64>, now: &mut u64) -> bool {
 }
 
 #[inline(always)]
-fn hints(net: &Network) -> u8 {
-    let (family, slot) = if net.version == 4 {
-        (hint::FAMILY_V4, hint_slot_v4(net.source_v4()))
+fn hints(host: &Host) -> u8 {
+    let (family, slot) = if host.version == 4 {
+        (hint::FAMILY_V4, hint_slot_v4(host.v4()))
     } else {
-        (hint::FAMILY_V6, hint_slot_v6(&net.source.0))
+        (hint::FAMILY_V6, hint_slot_v6(&host.address.0))
     };
     match SF_SRC_HINTS.get(family * 256 + (slot >> 8)) {
         Some(block) => block.bits[(slot & 0xff) as usize],
@@ -75,20 +75,20 @@ fn hints(net: &Network) -> u8 {
 
 #[inline(always)]
 fn in_list(
-    net: &Network,
+    host: &Host,
     v4: &LpmTrie<[u8; 4], SourceRule>,
     v6: &LpmTrie<[u8; 16], SourceRule>,
     now: &mut u64,
 ) -> bool {
-    if net.version == 4 {
+    if host.version == 4 {
         live(
-            v4.get(&LpmKey::new(32, net.source_v4()).key)
+            v4.get(&LpmKey::new(32, host.v4()).key)
                 .map(|rule| rule.expires_ns),
             now,
         )
     } else {
         live(
-            v6.get(&LpmKey::new(128, net.source.0).key)
+            v6.get(&LpmKey::new(128, host.address.0).key)
                 .map(|rule| rule.expires_ns),
             now,
         )
@@ -97,11 +97,11 @@ fn in_list(
 
 /// An IPv4 source in a /24 that a permanent deny entry covers whole: denied without the trie.
 #[inline(always)]
-fn in_denied_net(net: &Network) -> bool {
-    if net.version != 4 {
+fn in_denied_net(host: &Host) -> bool {
+    if host.version != 4 {
         return false;
     }
-    let (entry, word, bit) = deny_nets::position(u32::from_be_bytes(net.source_v4()) >> 8);
+    let (entry, word, bit) = deny_nets::position(u32::from_be_bytes(host.v4()) >> 8);
     SF_DENY4_NETS
         .get(entry)
         .is_some_and(|block| (block.words[word] >> bit) & 1 != 0)
@@ -109,14 +109,14 @@ fn in_denied_net(net: &Network) -> bool {
 
 /// `Some(reason)` when the source alone decides the packet: denied, banned or allowlisted.
 #[inline(always)]
-pub fn check(net: &Network, config: &Config) -> Option<Reason> {
-    let hints = hints(net);
+pub fn check(host: &Host, config: &Config) -> Option<Reason> {
+    let hints = hints(host);
     if hints == 0 {
         return None;
     }
     let mut now = 0u64;
     if hints & hint::DENY != 0
-        && (in_denied_net(net) || in_list(net, &SF_DENY4, &SF_DENY6, &mut now))
+        && (in_denied_net(host) || in_list(host, &SF_DENY4, &SF_DENY6, &mut now))
     {
         if config.monitor_mask & RuleKind::Deny.bit() == 0 {
             return Some(Reason::Denylisted);
@@ -124,7 +124,7 @@ pub fn check(net: &Network, config: &Config) -> Option<Reason> {
         count_monitored(Reason::Denylisted);
     }
     if hints & hint::BAN != 0 {
-        let key = source_key(&Origin::new(net, 0, 0), config);
+        let key = source_key(&Origin::new(host, 0, 0), config);
         // SAFETY: the value is only read, and a racing delete leaves it readable until the
         // program returns (RCU).
         if live(
@@ -134,7 +134,7 @@ pub fn check(net: &Network, config: &Config) -> Option<Reason> {
             return Some(Reason::Banned);
         }
     }
-    if hints & hint::ALLOW != 0 && in_list(net, &SF_ALLOW4, &SF_ALLOW6, &mut now) {
+    if hints & hint::ALLOW != 0 && in_list(host, &SF_ALLOW4, &SF_ALLOW6, &mut now) {
         return Some(Reason::Allowlisted);
     }
     None
