@@ -81,13 +81,27 @@ pub struct Network {
     /// Transport protocol (after IPv6 extension headers).
     pub protocol: u8,
     pub l4_offset: usize,
-    /// Transport bytes according to the IP header (valid when `consistent`).
-    pub l4_len: usize,
+    /// Where the datagram ends in the frame according to its IP header's length field. The
+    /// lengths are checked only for packets to or from a protected port ([`Network::l4_len`],
+    /// [`Network::consistent`]); most packets are decided before.
+    pub end: usize,
     pub fragment: Fragment,
-    /// Lengths in the IP header agree with each other and with the frame.
-    pub consistent: bool,
     /// IPv6 only: the transport header lies beyond the extension headers we follow.
     pub too_deep: bool,
+}
+
+impl Network {
+    /// Transport bytes according to the IP header (meaningful when [`Network::consistent`]).
+    #[inline(always)]
+    pub fn l4_len(&self) -> usize {
+        self.end.saturating_sub(self.l4_offset)
+    }
+
+    /// The IP header's length covers its own headers and lies within the frame.
+    #[inline(always)]
+    pub fn consistent(&self, ctx: &impl Frame) -> bool {
+        self.l4_offset <= self.end && self.end <= ctx.len()
+    }
 }
 
 /// Where a packet came from, as events report it. Copied into the hand-off to the header-scan

@@ -1,7 +1,7 @@
 //! IPv4, with options (IHL > 5) and fragments.
 
 use super::{
-    cursor::{Frame, Span, read, remaining, span},
+    cursor::{Frame, Span, read, span},
     ip::{Address, Fragment, Header, Host, Network, Peer},
 };
 
@@ -55,14 +55,12 @@ impl Header for Ipv4 {
         } else {
             Fragment::Whole
         };
-        let consistent = total_len >= header_len && total_len <= remaining(ctx, offset);
         Some(Network {
             host,
             protocol: header.u8_at::<9>(),
             l4_offset: offset + header_len,
-            l4_len: total_len.saturating_sub(header_len),
+            end: offset + total_len,
             fragment,
-            consistent,
             too_deep: false,
         })
     }

@@ -1,7 +1,7 @@
 //! IPv6 and its extension headers (hop-by-hop, routing, destination options, fragment).
 
 use super::{
-    cursor::{Frame, Span, read, remaining, span},
+    cursor::{Frame, Span, read, span},
     ip::{Address, Fragment, Header, Host, Network, Peer},
 };
 
@@ -77,16 +77,12 @@ impl Header for Ipv6 {
             next = following;
         }
 
-        let extensions = l4_offset - offset - HEADER;
-        let consistent =
-            payload_len >= extensions && HEADER + payload_len <= remaining(ctx, offset);
         Some(Network {
             host,
             protocol: next,
             l4_offset,
-            l4_len: payload_len.saturating_sub(extensions),
+            end: offset + HEADER + payload_len,
             fragment,
-            consistent,
             too_deep: is_extension(next) && fragment != Fragment::Later,
         })
     }

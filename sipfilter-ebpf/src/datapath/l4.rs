@@ -54,6 +54,8 @@ pub fn ports(ctx: &impl Frame, net: &Network) -> Option<Ports> {
 #[inline(always)]
 pub fn parse(ctx: &impl Frame, net: &Network, ports: Ports) -> Transport {
     let offset = net.l4_offset;
+    let l4_len = net.l4_len();
+    let consistent = net.consistent(ctx);
     let transport = |payload_offset, payload_len, consistent| Transport {
         transport: ports.transport,
         src_port: ports.src_port,
@@ -67,12 +69,12 @@ pub fn parse(ctx: &impl Frame, net: &Network, ports: Ports) -> Transport {
     {
         let udp_len = u16::from_be(header.u16_at::<4>()) as usize;
         // A first fragment's UDP length covers the whole datagram, beyond this frame.
-        let fits = net.fragment == Fragment::First || udp_len <= net.l4_len;
+        let fits = net.fragment == Fragment::First || udp_len <= l4_len;
         let payload_offset = offset + UDP_HEADER;
         return transport(
             payload_offset,
             (udp_len.saturating_sub(UDP_HEADER)).min(remaining(ctx, payload_offset)),
-            net.consistent && udp_len >= UDP_HEADER && fits,
+            consistent && udp_len >= UDP_HEADER && fits,
         );
     }
     if ports.transport == TRANSPORT_TCP
@@ -82,8 +84,8 @@ pub fn parse(ctx: &impl Frame, net: &Network, ports: Ports) -> Transport {
         let payload_offset = offset + header_len;
         return transport(
             payload_offset,
-            (net.l4_len.saturating_sub(header_len)).min(remaining(ctx, payload_offset)),
-            net.consistent && header_len >= TCP_MIN_HEADER && header_len <= net.l4_len,
+            (l4_len.saturating_sub(header_len)).min(remaining(ctx, payload_offset)),
+            consistent && header_len >= TCP_MIN_HEADER && header_len <= l4_len,
         );
     }
     // A header cut short after the ports: a protected port drops it.
