@@ -24,11 +24,12 @@ pub mod map_names {
     pub const BANS: &str = "SF_BANS";
     pub const RATE: &str = "SF_RATE";
     pub const TOLL: &str = "SF_TOLL";
-    /// Scanner pattern lists ([`crate::PatternSet`]). `SF_PATTERNS` held the automata of earlier
-    /// builds; the loader removes a stale pin of it.
-    pub const PATTERNS: &str = "SF_PATTERNS_V2";
-    /// The retired map of earlier builds (`Dfa`, an Aho-Corasick automaton).
-    pub const PATTERNS_V1: &str = "SF_PATTERNS";
+    /// Scanner pattern lists ([`crate::PatternSet`]). Earlier builds pinned lists of other
+    /// layouts under [`RETIRED_PATTERNS`]; the loader removes stale pins of them.
+    pub const PATTERNS: &str = "SF_PATTERNS_V3";
+    /// The pattern maps of earlier builds: `Dfa` automata (Aho-Corasick), then `PatternSet`
+    /// without the pair prefilter.
+    pub const RETIRED_PATTERNS: [&str; 2] = ["SF_PATTERNS", "SF_PATTERNS_V2"];
     pub const SCRATCH: &str = "SF_SCRATCH";
     pub const STATS: &str = "SF_STATS";
     pub const EVENTS: &str = "SF_EVENTS";
@@ -594,6 +595,18 @@ pub struct PatternSet {
     pub tail: [[u64; PatternSet::MAX_WORDS]; PatternSet::STEP],
     /// `lanes[(lane * 256 + byte) * words + word]`; the part beyond `8 * 256 * words` is unused.
     pub lanes: [u64; PatternSet::LANE_WORDS],
+    /// 1 when `pairs` may rule values out; 0 (a pattern shorter than 3 bytes) sends every value
+    /// through the matcher.
+    pub pairs_usable: u64,
+    /// The pair prefilter, a set of 65,536 bits (pair `p` is bit `p % 64` of word `p / 64`),
+    /// read before the matcher walks a value. A pair is two bytes, each ORed with 0x20 (which
+    /// takes ASCII letters to lower case, and maps the bytes a pattern byte matches to one
+    /// value), read as a little-endian `u16`. The datapath reads the pairs that start at even
+    /// positions of the scan buffer, four per word; a value none of whose pairs is in the set
+    /// holds no pattern. That is sound because the set holds, for every pattern of 3 bytes or
+    /// more, one of its pairs that starts at an even offset and one that starts at an odd
+    /// offset: wherever the pattern occurs, one of the two starts at an even position.
+    pub pairs: [u64; PatternSet::PAIR_WORDS],
 }
 
 impl PatternSet {
@@ -606,11 +619,13 @@ impl PatternSet {
     pub const MAX_BITS: usize = 64 * PatternSet::MAX_WORDS;
     /// Entries of `lanes`.
     pub const LANE_WORDS: usize = PatternSet::STEP * 256 * PatternSet::MAX_WORDS;
-    /// `SF_PATTERNS_V2` index of the User-Agent list.
+    /// Words of `pairs`: one bit per value of a pair of bytes.
+    pub const PAIR_WORDS: usize = (1 << 16) / 64;
+    /// `SF_PATTERNS_V3` index of the User-Agent list.
     pub const USER_AGENT: u32 = 0;
-    /// `SF_PATTERNS_V2` index of the From list.
+    /// `SF_PATTERNS_V3` index of the From list.
     pub const FROM: u32 = 1;
-    /// Entries of `SF_PATTERNS_V2`.
+    /// Entries of `SF_PATTERNS_V3`.
     pub const LISTS: u32 = 2;
 
     /// Index in `lanes` of `word` of the mask of `byte` at `lane`, for a list of `words` words.
@@ -731,7 +746,10 @@ const _: () = assert!(deny_nets::BLOCKS as usize * deny_nets::WORDS * 64 == 1 <<
 const _: () = assert!(core::mem::size_of::<RateState>() == 24);
 const _: () = assert!(
     core::mem::size_of::<PatternSet>()
-        == 8 * (1 + (2 + PatternSet::STEP) * PatternSet::MAX_WORDS + PatternSet::LANE_WORDS)
+        == 8 * (2
+            + (2 + PatternSet::STEP) * PatternSet::MAX_WORDS
+            + PatternSet::LANE_WORDS
+            + PatternSet::PAIR_WORDS)
 );
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
 

@@ -168,8 +168,9 @@ pub fn seal(buf: &mut ScanBuf, len: usize) {
     }
 }
 
+/// Word `index` of the window (masked into it).
 #[inline(always)]
-fn word(buf: &ScanBuf, index: usize) -> u64 {
+pub fn word(buf: &ScanBuf, index: usize) -> u64 {
     buf.words[opaque(index) & WORD_INDEX_MASK]
 }
 

@@ -205,11 +205,14 @@ impl Datapath {
                 info.max_entries()
             );
         }
-        // Builds before the shift-or matcher pinned their pattern automata as `SF_PATTERNS`;
-        // nothing reads that map any more. (A program of such a build that is still attached
-        // keeps its own reference to the map until its link is taken over.)
-        let stale = pin_dir.join(map_names::PATTERNS_V1);
-        if stale.exists() {
+        // Earlier builds pinned their pattern lists in other layouts under other names; nothing
+        // reads those maps any more. (A program of such a build that is still attached keeps its
+        // own reference to its map until its link is taken over.)
+        for retired in map_names::RETIRED_PATTERNS {
+            let stale = pin_dir.join(retired);
+            if !stale.exists() {
+                continue;
+            }
             match fs::remove_file(&stale) {
                 Ok(()) => log::info!(
                     "removed {}, the pattern map of an earlier build",

@@ -42,9 +42,13 @@ pub fn private_pin_dir(tag: &str) -> PathBuf {
 impl TestDatapath {
     /// Loads the datapath with the policy in `toml` (the policy file's syntax).
     pub fn load(toml: &str) -> Result<TestDatapath> {
+        TestDatapath::load_in(private_pin_dir("dp"), toml)
+    }
+
+    /// [`TestDatapath::load`] into `pin_dir`, which may hold pins already.
+    pub fn load_in(pin_dir: PathBuf, toml: &str) -> Result<TestDatapath> {
         let policy = Policy::from_toml_str(toml, "test policy")?;
         let compiled = compile(&policy)?;
-        let pin_dir = private_pin_dir("dp");
         let loaded = Datapath::load(&pin_dir, compiled.max_sources).and_then(|mut datapath| {
             datapath.apply(
                 &compiled,

@@ -27,7 +27,7 @@ use sipfilter::{
 use sipfilter_common::{EventKind, Method, Reason, SourceRule, map_names, stats};
 use sipfilter_tests::{
     ExtHeader, Packet,
-    datapath::{TestDatapath, XDP_DROP, XDP_PASS},
+    datapath::{TestDatapath, XDP_DROP, XDP_PASS, private_pin_dir},
     packet::{PROTO_TCP, PROTO_UDP, TPID_8021Q, tcp_flags},
     require_bpf,
     sip_messages::{
@@ -3511,5 +3511,32 @@ fn events() {
     assert!(
         drain(&mut ring).is_empty(),
         "allowlisted scanners send no events"
+    );
+}
+
+/// Earlier builds pinned their pattern lists in other layouts under other names; a load removes
+/// those pins, and the scanner patterns work from the map of this build.
+#[test]
+fn pattern_maps_of_earlier_builds_are_unpinned() {
+    if !require_bpf("pattern_maps_of_earlier_builds_are_unpinned") {
+        return;
+    }
+    let donor = TestDatapath::load("").expect("the datapath loads");
+    let pin_dir = private_pin_dir("retired");
+    std::fs::create_dir_all(&pin_dir).expect("the pin directory is created");
+    // Any map pinned under a retired name stands for the maps of an earlier build.
+    let stats = MapData::from_pin(donor.pin_dir().join(map_names::STATS)).expect("pinned");
+    for name in map_names::RETIRED_PATTERNS {
+        stats.pin(pin_dir.join(name)).expect("pinned again");
+    }
+    let mut dp = TestDatapath::load_in(pin_dir.clone(), "").expect("the datapath loads");
+    for name in map_names::RETIRED_PATTERNS {
+        assert!(!pin_dir.join(name).exists(), "{name} is still pinned");
+    }
+    assert!(pin_dir.join(map_names::PATTERNS).exists());
+    assert_eq!(
+        dp.verdict(&udp(UNTRUSTED4, SIP_PORT, &scanner()).build())
+            .expect("the program runs"),
+        (XDP_DROP, Reason::ScannerUserAgent)
     );
 }

@@ -67,9 +67,10 @@ pub static SF_TOLL: LpmTrie<[u8; TOLL_PREFIX_MAX], u8> =
     LpmTrie::pinned(capacity::TOLL_PREFIXES, 0);
 
 /// Scanner pattern lists, compiled for the shift-or matcher: [`PatternSet::USER_AGENT`] and
-/// [`PatternSet::FROM`]. (`SF_PATTERNS` of earlier builds held automata of another layout.)
+/// [`PatternSet::FROM`]. (Earlier builds pinned lists of other layouts under other names:
+/// `map_names::RETIRED_PATTERNS`.)
 #[map]
-pub static SF_PATTERNS_V2: Array<PatternSet> = Array::pinned(PatternSet::LISTS, 0);
+pub static SF_PATTERNS_V3: Array<PatternSet> = Array::pinned(PatternSet::LISTS, 0);
 
 /// Per-CPU copy of the SIP message being inspected (too large for the stack).
 #[map]

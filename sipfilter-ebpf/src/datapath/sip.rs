@@ -23,7 +23,7 @@ use super::{
     events::{Occurrence, emit},
     ip::{Network, Origin},
     l4::Transport,
-    maps::{LpmKey, SF_CONFIG, SF_HANDOFF, SF_PATTERNS_V2, SF_SCRATCH, SF_TOLL},
+    maps::{LpmKey, SF_CONFIG, SF_HANDOFF, SF_PATTERNS_V3, SF_SCRATCH, SF_TOLL},
     rate::{self, Verdict},
     source::source_key,
     stats::{count_method, count_monitored},
@@ -291,7 +291,7 @@ pub fn scan_headers() -> Reason {
         if !value.is_present() {
             continue;
         }
-        let Some(set) = SF_PATTERNS_V2.get(list) else {
+        let Some(set) = SF_PATTERNS_V3.get(list) else {
             continue;
         };
         let value = parser::value_span(buf, value.start, len);
