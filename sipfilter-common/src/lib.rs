@@ -595,7 +595,8 @@ pub struct PatternSet {
     pub tail: [[u64; PatternSet::MAX_WORDS]; PatternSet::STEP],
     /// `lanes[(lane * 256 + byte) * words + word]`; the part beyond `8 * 256 * words` is unused.
     pub lanes: [u64; PatternSet::LANE_WORDS],
-    /// 1 when `pairs` may rule values out; 0 (a pattern shorter than 3 bytes) sends every value
+    /// 1 when `pairs` may rule values out; 0 (a list of one state word, whose matcher costs
+    /// about what the prefilter does, or a pattern shorter than 3 bytes) sends every value
     /// through the matcher.
     pub pairs_usable: u64,
     /// The pair prefilter, a set of 65,536 bits (pair `p` is bit `p % 64` of word `p / 64`),

@@ -7,8 +7,9 @@
 //! and duplicates and patterns that contain another pattern of the list are dropped: they can
 //! never change the outcome.
 //!
-//! It also fills the pair prefilter ([`PatternSet::pairs`]), which lets the datapath rule out
-//! most header values at a fraction of the matcher's cost: for each pattern, the pair of bytes
+//! For lists of two state words or more it also fills the pair prefilter
+//! ([`PatternSet::pairs`]), which lets the datapath rule out most header values at a fraction of
+//! the matcher's cost: for each pattern, the pair of bytes
 //! at an even offset and the pair at an odd offset that are rarest in [`TYPICAL_VALUES`].
 
 use sipfilter_common::PatternSet;
@@ -186,7 +187,11 @@ pub fn compile(patterns: &[String]) -> Result<Box<PatternSet>, PatternError> {
         _ => PatternSet::MAX_WORDS,
     };
     set.words = words as u64;
-    fill_pairs(&mut set, &kept);
+    // The prefilter reads four pairs a word; the matcher of a one-word list reads eight table
+    // entries a word, about as cheap, so only longer lists are prefiltered.
+    if words >= 2 {
+        fill_pairs(&mut set, &kept);
+    }
 
     // Where each pattern's bits start, and for every byte value the bits of the pattern
     // positions it does not match (either case).
@@ -471,7 +476,14 @@ mod tests {
                     (0..len).map(|_| char::from(letter(&mut rng))).collect()
                 })
                 .collect();
-            let set = compile(&patterns).unwrap();
+            // The prefilter alone, whatever the list's width.
+            // SAFETY: plain integers; all zeros is a valid value.
+            let mut set: Box<PatternSet> = unsafe { Box::<PatternSet>::new_zeroed().assume_init() };
+            let lowered: Vec<Vec<u8>> = patterns
+                .iter()
+                .map(|pattern| pattern.as_bytes().to_ascii_lowercase())
+                .collect();
+            fill_pairs(&mut set, &lowered);
             assert_eq!(set.pairs_usable, 1);
             for _ in 0..20 {
                 let mut text: Vec<u8> = (0..rng.below(120)).map(|_| letter(&mut rng)).collect();
@@ -519,7 +531,13 @@ mod tests {
     fn builtin_lists_rule_out_ordinary_values() {
         let scanners = Scanners::default();
         let user_agents = compile(&scanners.user_agents).unwrap();
-        let from = compile(&scanners.from).unwrap();
+        assert_eq!(user_agents.pairs_usable, 1);
+        // One state word: walked by the matcher directly.
+        assert_eq!(compile(&scanners.from).unwrap().pairs_usable, 0);
+        // Were it prefiltered, ordinary From values would be ruled out too.
+        // SAFETY: plain integers; all zeros is a valid value.
+        let mut from: Box<PatternSet> = unsafe { Box::<PatternSet>::new_zeroed().assume_init() };
+        fill_pairs(&mut from, &[b"sipvicious".to_vec()]);
         for offset in 64..72 {
             for value in [
                 "Linphone/5.2.5 (belle-sip/5.2.4)",
@@ -548,11 +566,14 @@ mod tests {
     }
 
     #[test]
-    fn short_patterns_turn_the_pair_filter_off() {
-        let set = compile(&["ab".to_owned(), "sipcli".to_owned()]).unwrap();
-        assert_eq!(set.pairs_usable, 0);
+    fn short_patterns_and_one_word_lists_are_not_prefiltered() {
+        // Two words of state either way (the long pattern takes 64 bits).
+        let long = "x".repeat(57);
+        let set = compile(&["ab".to_owned(), long.clone()]).unwrap();
+        assert_eq!((set.words, set.pairs_usable), (2, 0));
         assert!(matches(&set, b"xAB"));
-        assert_eq!(compile(&["abc".to_owned()]).unwrap().pairs_usable, 1);
+        assert_eq!(compile(&["abc".to_owned(), long]).unwrap().pairs_usable, 1);
+        assert_eq!(compile(&["abc".to_owned()]).unwrap().pairs_usable, 0);
     }
 
     #[test]
