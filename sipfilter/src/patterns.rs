@@ -447,6 +447,18 @@ mod tests {
         assert!(!matches(&from, b"<sip:alice@example.com>;tag=2"));
     }
 
+    /// A list with only its pair prefilter filled in, whatever its width.
+    fn pairs_only(patterns: &[String]) -> Box<PatternSet> {
+        // SAFETY: plain integers; all zeros is a valid value.
+        let mut set: Box<PatternSet> = unsafe { Box::<PatternSet>::new_zeroed().assume_init() };
+        let lowered: Vec<Vec<u8>> = patterns
+            .iter()
+            .map(|pattern| pattern.as_bytes().to_ascii_lowercase())
+            .collect();
+        fill_pairs(&mut set, &lowered);
+        set
+    }
+
     /// The pair prefilter's verdict on `text` at `offset` of the buffer.
     fn may_match(set: &PatternSet, offset: usize, text: &[u8]) -> bool {
         let buf = buffer(offset, text, b'\n');
@@ -477,13 +489,7 @@ mod tests {
                 })
                 .collect();
             // The prefilter alone, whatever the list's width.
-            // SAFETY: plain integers; all zeros is a valid value.
-            let mut set: Box<PatternSet> = unsafe { Box::<PatternSet>::new_zeroed().assume_init() };
-            let lowered: Vec<Vec<u8>> = patterns
-                .iter()
-                .map(|pattern| pattern.as_bytes().to_ascii_lowercase())
-                .collect();
-            fill_pairs(&mut set, &lowered);
+            let set = pairs_only(&patterns);
             assert_eq!(set.pairs_usable, 1);
             for _ in 0..20 {
                 let mut text: Vec<u8> = (0..rng.below(120)).map(|_| letter(&mut rng)).collect();
@@ -535,29 +541,33 @@ mod tests {
         // One state word: walked by the matcher directly.
         assert_eq!(compile(&scanners.from).unwrap().pairs_usable, 0);
         // Were it prefiltered, ordinary From values would be ruled out too.
-        // SAFETY: plain integers; all zeros is a valid value.
-        let mut from: Box<PatternSet> = unsafe { Box::<PatternSet>::new_zeroed().assume_init() };
-        fill_pairs(&mut from, &[b"sipvicious".to_vec()]);
+        let from = pairs_only(&scanners.from);
+        let ordinary = [
+            (
+                &user_agents,
+                [
+                    "Linphone/5.2.5 (belle-sip/5.2.4)",
+                    "Asterisk PBX 20.5.0",
+                    "Zoiper rv2.10.20.3",
+                ],
+            ),
+            (
+                &from,
+                [
+                    "<sip:alice@example.com>;tag=2",
+                    "\"Alice\" <sip:alice@example.com>;tag=1928301774",
+                    "<sip:1001@192.0.2.2>;tag=as58f4201b",
+                ],
+            ),
+        ];
         for offset in 64..72 {
-            for value in [
-                "Linphone/5.2.5 (belle-sip/5.2.4)",
-                "Asterisk PBX 20.5.0",
-                "Zoiper rv2.10.20.3",
-            ] {
-                assert!(
-                    !may_match(&user_agents, offset, value.as_bytes()),
-                    "{value} at {offset}"
-                );
-            }
-            for value in [
-                "<sip:alice@example.com>;tag=2",
-                "\"Alice\" <sip:alice@example.com>;tag=1928301774",
-                "<sip:1001@192.0.2.2>;tag=as58f4201b",
-            ] {
-                assert!(
-                    !may_match(&from, offset, value.as_bytes()),
-                    "{value} at {offset}"
-                );
+            for (set, values) in &ordinary {
+                for value in values {
+                    assert!(
+                        !may_match(set, offset, value.as_bytes()),
+                        "{value} at {offset}"
+                    );
+                }
             }
             assert!(may_match(&user_agents, offset, b"friendly-scanner"));
             assert!(may_match(&user_agents, offset, b"x smap"));
