@@ -82,20 +82,20 @@ unsafe fn load<T: Copy>(ptr: usize) -> T {
     macro_rules! word {
         ($width:literal, $offset:literal) => {{
             let value: u64;
-            // SAFETY: in bounds per the caller; a plain load with no other effect.
-            unsafe {
-                core::arch::asm!(
-                    concat!("{0} = *(", $width, " *)({1} + ", $offset, ")"),
-                    out(reg) value,
-                    in(reg) ptr,
-                    options(pure, readonly, nostack)
-                )
-            };
+            // Used inside the `unsafe` block below, whose caller guarantees the bounds: a plain
+            // load with no other effect.
+            core::arch::asm!(
+                concat!("{0} = *(", $width, " *)({1} + ", $offset, ")"),
+                out(reg) value,
+                in(reg) ptr,
+                options(pure, readonly, nostack)
+            );
             value
         }};
     }
-    // SAFETY (each arm): the loaded integer has the size of `T`, and `T` is plain data; the
-    // integer's bytes are the packet's bytes in memory order (little-endian target).
+    // SAFETY (each arm): the loads are in bounds per the caller; the loaded integer has the size
+    // of `T`, and `T` is plain data; the integer's bytes are the packet's bytes in memory order
+    // (little-endian target).
     unsafe {
         match core::mem::size_of::<T>() {
             2 => core::mem::transmute_copy(&(word!("u16", "0") as u16)),
