@@ -86,7 +86,11 @@ pub fn watch(ctx: &TcContext) -> bool {
     if copied != 0 {
         return false;
     }
-    handoff.origin = Origin::new(&net.host, transport.dst_port, transport.src_port);
+    handoff.origin = Origin::new(
+        &net.host,
+        transport.ports.dst_port,
+        transport.ports.src_port,
+    );
     handoff.len = len as u64;
     true
 }

@@ -30,12 +30,17 @@ pub enum Peer {
 pub struct Address(pub [u8; 16]);
 
 impl Address {
+    /// The address whose bytes, in memory order, the two words hold.
+    #[inline(always)]
+    pub fn from_words(high: u64, low: u64) -> Address {
+        // SAFETY: two words are sixteen plain bytes.
+        Address(unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([high, low]) })
+    }
+
     /// `::ffff:a.b.c.d` for the IPv4 address whose bytes, in memory order, `raw` holds.
     #[inline(always)]
     pub fn mapped_v4(raw: u32) -> Address {
-        let words = [0, (u64::from(raw) << 32) | 0xffff_0000];
-        // SAFETY: two words are sixteen plain bytes.
-        Address(unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) })
+        Address::from_words(0, (u64::from(raw) << 32) | 0xffff_0000)
     }
 }
 

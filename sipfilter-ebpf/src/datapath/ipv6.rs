@@ -38,12 +38,9 @@ impl Header for Ipv6 {
             Peer::Source => (self.header.u64_at::<8>(), self.header.u64_at::<16>()),
             Peer::Destination => (self.header.u64_at::<24>(), self.header.u64_at::<32>()),
         };
-        let mut address = [0u8; 16];
-        address[..8].copy_from_slice(&high.to_ne_bytes());
-        address[8..].copy_from_slice(&low.to_ne_bytes());
         Host {
             version: 6,
-            address: Address(address),
+            address: Address::from_words(high, low),
         }
     }
 

@@ -23,10 +23,7 @@ pub struct Ports {
 }
 
 pub struct Transport {
-    /// `TRANSPORT_UDP` or `TRANSPORT_TCP`.
-    pub transport: u32,
-    pub src_port: u16,
-    pub dst_port: u16,
+    pub ports: Ports,
     pub payload_offset: usize,
     /// Payload bytes present in this frame.
     pub payload_len: usize,
@@ -57,9 +54,7 @@ pub fn parse(ctx: &impl Frame, net: &Network, ports: Ports) -> Transport {
     let l4_len = net.l4_len();
     let consistent = net.consistent(ctx);
     let transport = |payload_offset, payload_len, consistent| Transport {
-        transport: ports.transport,
-        src_port: ports.src_port,
-        dst_port: ports.dst_port,
+        ports,
         payload_offset,
         payload_len,
         consistent,

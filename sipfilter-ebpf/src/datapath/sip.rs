@@ -89,7 +89,11 @@ pub fn limit_rate(
     {
         return None;
     }
-    let origin = Origin::new(&net.host, transport.src_port, transport.dst_port);
+    let origin = Origin::new(
+        &net.host,
+        transport.ports.src_port,
+        transport.ports.dst_port,
+    );
     let key = source_key(&origin, config);
     let reason = match rate::check(config, &key, method) {
         Verdict::Conforming => return None,
@@ -140,10 +144,14 @@ pub fn hand_over(net: &Network, transport: &Transport) -> Stage {
     };
     // SAFETY: this CPU's slot, used by one packet at a time.
     let handoff = unsafe { &mut *handoff };
-    handoff.origin = Origin::new(&net.host, transport.src_port, transport.dst_port);
+    handoff.origin = Origin::new(
+        &net.host,
+        transport.ports.src_port,
+        transport.ports.dst_port,
+    );
     handoff.payload_offset = transport.payload_offset as u64;
     handoff.payload_len = transport.payload_len as u64;
-    handoff.transport = u64::from(transport.transport);
+    handoff.transport = u64::from(transport.ports.transport);
     Stage::Next
 }
 
