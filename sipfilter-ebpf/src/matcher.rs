@@ -12,7 +12,7 @@ use sipfilter_common::PatternSet;
 
 use crate::{
     sip::{MAX_VALUE_BYTES, SCAN_BYTES, SCAN_WORDS, ScanBuf, Span, word},
-    swar::opaque,
+    swar::{Budget, opaque},
 };
 
 /// Keeps the loop-carried position bounded for the verifier, as `sip`'s loops do: every
@@ -62,9 +62,8 @@ pub fn may_match(set: &PatternSet, buf: &ScanBuf, value: Span) -> bool {
     // The words the value touches, computed from small numbers, so the verifier knows the
     // budget's range (1 to 33) and sees the loop's states repeat. Opaque for the same reason as
     // in `walk`; no branch in the body, for the same reason too.
-    let mut budget = opaque((value.start as usize % 8 + len).div_ceil(8));
-    while budget != 0 {
-        budget -= 1;
+    let mut budget = Budget::new((value.start as usize % 8 + len).div_ceil(8));
+    while budget.take() {
         let folded = word(buf, index) | 0x2020_2020_2020_2020;
         for lane in 0..4 {
             let pair = ((folded >> (16 * lane)) & 0xffff) as usize;
@@ -99,16 +98,15 @@ fn walk<const W: usize>(set: &PatternSet, buf: &ScanBuf, value: Span) -> bool {
     let mut state = [u64::MAX; W];
     let mut found = 0;
     let mut pos = value.start as usize;
-    // Opaque, so the loop's entry test is on the budget itself: LLVM would otherwise test
-    // `end > start` on other registers, and the verifier would walk a loop entered with a zero
-    // budget.
-    let mut budget = opaque(len.div_ceil(PatternSet::STEP));
-    while budget != 0 {
-        budget -= 1;
+    // Opaque (in `Budget`), so the loop's entry test is on the budget itself: LLVM would
+    // otherwise test `end > start` on other registers, and the verifier would walk a loop
+    // entered with a zero budget.
+    let mut budget = Budget::new(len.div_ceil(PatternSet::STEP));
+    while budget.take() {
         // All ones on the last step, zero on the others (the budget is at most
         // MAX_VALUE_BYTES / STEP, below 64), computed without a comparison, which would be a
         // branch on eBPF.
-        let last = ((opaque(budget) + 63) >> 6).wrapping_sub(1) as u64;
+        let last = ((budget.left() + 63) >> 6).wrapping_sub(1) as u64;
         let mut mismatch: [u64; W] = core::array::from_fn(|word| tail[word] & last);
         // Every step starts inside the message (below `SCAN_BYTES`), so the mask changes
         // nothing; it lets the verifier prove the step's 8 byte reads inside the buffer.

@@ -8,7 +8,9 @@
 use sipfilter_common::{Method, TOLL_PREFIX_MAX};
 
 use self::walk::{Stop, Walk};
-use crate::swar::{bytes_equal, first_flagged, fold_case, from_byte, low_bytes, opaque, word_of};
+use crate::swar::{
+    Budget, bytes_equal, first_flagged, fold_case, from_byte, low_bytes, opaque, word_of,
+};
 
 /// Bytes of a SIP message the datapath copies and inspects. A power of two, so masking keeps
 /// every index provably inside the buffer. Headers beyond it are not inspected.
@@ -155,6 +157,18 @@ const _: () = assert!(SCAN_WORDS == WORD_INDEX_MASK + 5);
 // The line walk addresses the words from the start of the buffer.
 const _: () = assert!(core::mem::offset_of!(ScanBuf, words) == 0);
 
+/// Bytes of a payload of `payload_len` bytes to copy into the scan buffer: `None` for an empty
+/// payload, else 1 to [`SCAN_BYTES`]. The copy helpers refuse a size the verifier cannot prove
+/// positive, and the verifier of Linux 6.1 learns nothing from a `!= 0` test on a range that
+/// starts at zero (6.12's does); a mask and an add give it the range 1 to `SCAN_BYTES` on both.
+#[inline(always)]
+pub fn copy_len(payload_len: usize) -> Option<usize> {
+    if payload_len == 0 {
+        return None;
+    }
+    Some((opaque(payload_len.min(SCAN_BYTES) - 1) & (SCAN_BYTES - 1)) + 1)
+}
+
 /// Zeroes the bytes after `len` up to the end of the next word, so reads that run past the
 /// message see zeros, never bytes of a previous packet.
 #[inline(always)]
@@ -217,9 +231,8 @@ pub fn find_in_value(buf: &mut ScanBuf, from: usize, end: usize, byte: u8) -> Op
 fn scan_for(buf: &mut ScanBuf, from: usize, len: usize, byte: u8, steps: usize) -> Option<usize> {
     let mut index = from >> 3;
     let mut mask = bytes_equal(word(buf, index), byte) & from_byte(from & 7);
-    let mut budget = opaque(steps);
-    while budget != 0 {
-        budget -= 1;
+    let mut budget = Budget::new(steps);
+    while budget.take() {
         if mask != 0 {
             let pos = bounded(buf.widen(index * 8 + first_flagged(mask)));
             return if pos < len { Some(pos) } else { None };
@@ -652,8 +665,8 @@ fn scan_lines<S: HeaderSet>(buf: &mut ScanBuf, start: usize, len: usize) {
     buf.set_lines(0);
     // Set only on the way out of the loop, so it does not split the loop's states.
     let mut complete = false;
-    // Every turn takes at least one step of the budget.
-    while walk.budget != 0 {
+    // Every turn takes at least one step of the budget. A signed test, as in `Budget`.
+    while walk.budget as isize > 0 {
         match walk::next_line(buf, &mut walk, len, S::LEAD_MAP) {
             Stop::Line(line) => {
                 let line = bounded(line);

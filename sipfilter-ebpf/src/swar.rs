@@ -65,6 +65,40 @@ pub fn opaque(value: usize) -> usize {
     }
 }
 
+/// The steps a loop may still take, counted down so that every verifier we support sees the
+/// loop end.
+///
+/// The test is signed (`> 0`) and the count is opaque after every step. The verifier of Linux
+/// 6.1 learns nothing from `budget != 0` about a budget it knows as a range from zero (it keeps
+/// the zero in it; 6.12's takes it out), so a `!= 0` loop counts on past zero into negative
+/// numbers and 6.1 walks it thousands of times; a signed test takes the zero out on every
+/// kernel. The opaque step keeps LLVM from proving the count non-negative and turning the
+/// signed test back into `!= 0`.
+pub struct Budget(usize);
+
+impl Budget {
+    #[inline(always)]
+    pub fn new(steps: usize) -> Budget {
+        Budget(opaque(steps))
+    }
+
+    /// Takes a step: `false` once the budget is spent.
+    #[inline(always)]
+    pub fn take(&mut self) -> bool {
+        if self.0 as isize <= 0 {
+            return false;
+        }
+        self.0 = opaque(self.0 - 1);
+        true
+    }
+
+    /// Steps left after the one taken.
+    #[inline(always)]
+    pub fn left(&self) -> usize {
+        self.0
+    }
+}
+
 /// The first `N` bytes of a byte string as a little-endian word, for comparisons.
 pub const fn word_of(text: &[u8]) -> u64 {
     let mut word = 0u64;
@@ -84,6 +118,20 @@ mod tests {
         (0..8)
             .filter(|i| (word >> (i * 8)) as u8 == byte)
             .fold(0, |acc, i| acc | 0x80 << (i * 8))
+    }
+
+    #[test]
+    fn a_budget_gives_exactly_its_steps() {
+        for steps in [0, 1, 2, 257] {
+            let mut budget = Budget::new(steps);
+            let mut taken = 0;
+            while budget.take() {
+                taken += 1;
+                assert_eq!(budget.left(), steps - taken);
+            }
+            assert_eq!(taken, steps);
+            assert!(!budget.take(), "a spent budget stays spent");
+        }
     }
 
     #[test]

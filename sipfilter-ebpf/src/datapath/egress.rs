@@ -11,7 +11,7 @@
 use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use sipfilter_common::{EventKind, Method, ResponseClass, port_class};
 use sipfilter_ebpf::sip::{
-    self as parser, SCAN_BYTES, ScanBuf,
+    self as parser, SCAN_BYTES, ScanBuf, copy_len,
     response::{self, ResponseHeaders},
 };
 
@@ -69,10 +69,9 @@ pub fn watch(ctx: &TcContext) -> bool {
     };
     // SAFETY: this CPU's slots, used by one packet at a time.
     let (buf, handoff) = unsafe { (&mut *buf, &mut *handoff) };
-    let len = transport.payload_len.min(SCAN_BYTES);
-    if len == 0 {
+    let Some(len) = copy_len(transport.payload_len) else {
         return false;
-    }
+    };
     // SAFETY: `len` is in 1..=SCAN_BYTES and the buffer holds SCAN_BYTES + 8 bytes; the helper
     // also reads payload that lies in pages beyond the linear part.
     let copied = unsafe {

@@ -184,10 +184,9 @@ pub fn inspect(ctx: &XdpContext) -> Stage {
         Reason::NotSip
     });
     let payload_offset = handoff.payload_offset as usize & 0xffff;
-    let len = (handoff.payload_len as usize).min(SCAN_BYTES);
-    if len == 0 {
+    let Some(len) = parser::copy_len(handoff.payload_len as usize) else {
         return not_a_message;
-    }
+    };
     // SAFETY: `len` is in 1..=SCAN_BYTES and the buffer holds SCAN_BYTES + 8 bytes.
     let copied = unsafe {
         bpf_xdp_load_bytes(

@@ -592,3 +592,14 @@ fn headers_are_found_whatever_the_line_lengths_and_bytes() {
     // The generator puts the headers in often enough for the comparison to mean something.
     assert!(found > 1_000, "{found}");
 }
+
+#[test]
+fn copy_len_is_the_payload_up_to_the_window_and_never_zero() {
+    assert_eq!(copy_len(0), None);
+    for len in [1, 2, 400, SCAN_BYTES - 1, SCAN_BYTES] {
+        assert_eq!(copy_len(len), Some(len));
+    }
+    for len in [SCAN_BYTES + 1, 65_535, usize::MAX] {
+        assert_eq!(copy_len(len), Some(SCAN_BYTES));
+    }
+}

@@ -208,7 +208,8 @@ macro_rules! inside_or_end {
 
 /// The same steps in eBPF assembly.
 ///
-/// For the verifier, which walks a loop once per iteration until its states repeat: the offset
+/// For the verifier, which walks a loop once per iteration until its states repeat: the budget
+/// is tested signed (`s> 0`), which every kernel's verifier narrows (see `swar::Budget`); the offset
 /// is masked after every step and the line-end mask after every change, so both keep one range
 /// on every path; comparisons with `len` are made on copies it does not link to them (a
 /// multiply by one), so they narrow nothing; and the branch the verifier follows first (the
@@ -223,7 +224,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> 
         core::arch::asm!(
             "{line} = 0",
             "20:",
-            "if {budget} != 0 goto 21f",
+            "if {budget} s> 0 goto 21f",
             "goto 28f",
             "21:",
             "{budget} += -1",
@@ -246,7 +247,7 @@ pub fn next_line(buf: &mut ScanBuf, walk: &mut Walk, len: usize, leads: u64) -> 
             "30:",
             inside_or_end!("31f"),
             "31:",
-            "if {budget} != 0 goto 32f",
+            "if {budget} s> 0 goto 32f",
             "goto 28f",
             "32:",
             "{budget} += -1",
