@@ -6,6 +6,10 @@
 //! egress link as `egress-IFNAME`. The pins keep the filter in place when the daemon stops; the
 //! next `attach` reuses the pinned maps and swaps its new programs into the pinned links
 //! atomically (`bpf_link_update`), so no packet goes unfiltered. Only `detach` removes a link.
+//!
+//! Kernels before 6.6 have no TCX. There the egress watcher is a classic tc filter on the
+//! interface's `clsact` qdisc, which stays in place without a pin; the egress program is pinned
+//! as `egress-tc-IFNAME` to record it, and the next `attach` replaces the filter in place.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,8 +25,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        links::{FdLink, Link as _, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
         xdp::XdpLink,
     },
 };
@@ -57,7 +61,7 @@ pub static XDP_FLOOD_OBJECT: &[u8] =
 pub enum DatapathError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("the kernel refused the XDP program: {0}")]
+    #[error("the kernel refused a program of the datapath: {0}")]
     Program(#[from] aya::programs::ProgramError),
     #[error("map {name}: {source}")]
     Map {
@@ -261,8 +265,12 @@ impl Datapath {
         Ok(attached)
     }
 
-    /// The egress watcher as a TCX link (kernel 6.6 or later), pinned beside the XDP link.
+    /// The egress watcher as a TCX link (kernel 6.6 or later), pinned beside the XDP link; on
+    /// a kernel without TCX, as a tc filter ([`Datapath::attach_egress_tc`]).
     fn attach_egress(&mut self, iface: &str) -> Result<()> {
+        if egress_tc_pin(&self.pin_dir, iface).exists() {
+            return self.attach_egress_tc(iface);
+        }
         let link_path = egress_pin(&self.pin_dir, iface);
         let program = egress_program(&mut self.ebpf)?;
         let attach_error = |source| DatapathError::AttachEgress {
@@ -282,13 +290,18 @@ impl Datapath {
                 .map_err(pin_error(&link_path))?;
             program.attach_to_link(link).map_err(attach_error)?
         } else {
-            program
-                .attach_with_options(
-                    iface,
-                    TcAttachType::Egress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(attach_error)?
+            match program.attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
+                Ok(id) => id,
+                Err(error) if tcx_unsupported(&error) => {
+                    log::info!("{iface}: no TCX in this kernel ({error}), using a tc filter");
+                    return self.attach_egress_tc(iface);
+                }
+                Err(error) => return Err(attach_error(error)),
+            }
         };
         let link = FdLink::try_from(program.take_link(id).map_err(attach_error)?)
             .map_err(pin_error(&link_path))?;
@@ -299,6 +312,56 @@ impl Datapath {
             })?;
         }
         Ok(())
+    }
+
+    /// The egress watcher as a direct-action tc filter on `iface`'s `clsact` qdisc, for kernels
+    /// before 6.6. A filter left by an earlier run is replaced in place (a netlink replace is
+    /// atomic, as a link update is), so no response goes unwatched in between.
+    fn attach_egress_tc(&mut self, iface: &str) -> Result<()> {
+        let attach_error = |source| DatapathError::AttachEgress {
+            iface: iface.to_owned(),
+            source,
+        };
+        match tc::qdisc_add_clsact(iface) {
+            Err(TcError::NetlinkError(error)) if error.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(attach_error(TcError::NetlinkError(error).into()));
+            }
+            Err(error @ (TcError::IoError(_) | TcError::NulError(_))) => {
+                return Err(attach_error(error.into()));
+            }
+            _ => {}
+        }
+        let program = egress_program(&mut self.ebpf)?;
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: EGRESS_TC_PRIORITY,
+            handle: EGRESS_TC_HANDLE,
+            ..NlOptions::default()
+        });
+        let id = match program.attach_with_options(iface, TcAttachType::Egress, options) {
+            Ok(id) => id,
+            Err(error) if netlink_errno(&error) == Some(libc::EEXIST) => {
+                let earlier = SchedClassifierLink::attached(
+                    iface,
+                    TcAttachType::Egress,
+                    EGRESS_TC_PRIORITY,
+                    EGRESS_TC_HANDLE,
+                    None,
+                )
+                .map_err(|e| attach_error(TcError::IoError(e).into()))?;
+                program.attach_to_link(earlier).map_err(attach_error)?
+            }
+            Err(error) => return Err(attach_error(error)),
+        };
+        // Dropping a netlink link deletes its filter, which must outlive this process as a
+        // pinned link does; the link holds no resource, only the filter's address.
+        std::mem::forget(program.take_link(id).map_err(attach_error)?);
+        // Pinned anew, so the pin holds the program now in the filter, not an earlier one.
+        let marker = egress_tc_pin(&self.pin_dir, iface);
+        let _ = fs::remove_file(&marker);
+        program.pin(&marker).map_err(|e| DatapathError::Pin {
+            path: marker.clone(),
+            source: io::Error::other(e),
+        })
     }
 
     fn attach_filter(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
@@ -834,6 +897,55 @@ fn egress_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("egress-{iface}"))
 }
 
+/// Records that the egress watcher runs as a tc filter on `iface` (a pin of the program).
+fn egress_tc_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("egress-tc-{iface}"))
+}
+
+/// Where the tc filter of the egress watcher sits on a kernel without TCX: `tc filter show dev
+/// IFACE egress` lists it as `pref 49407 bpf ... handle 0x5f1 sipfilter_egress direct-action`.
+/// A preference of its own, so it neither replaces nor is replaced by another tool's filter.
+const EGRESS_TC_PRIORITY: u16 = 49_407;
+const EGRESS_TC_HANDLE: TcHandle = TcHandle::new(0, 0x5f1);
+
+/// A TCX attach that failed because the kernel has no TCX (before 6.6, `BPF_LINK_CREATE`
+/// does not know the attach type).
+fn tcx_unsupported(error: &ProgramError) -> bool {
+    matches!(error, ProgramError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(libc::EINVAL))
+}
+
+/// The errno of a failed netlink request.
+fn netlink_errno(error: &ProgramError) -> Option<i32> {
+    match error {
+        ProgramError::TcError(TcError::NetlinkError(error)) => error.raw_os_error(),
+        ProgramError::NetlinkError(error) => error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Deletes the egress watcher's tc filter from `iface`, if it is there.
+fn detach_egress_tc(iface: &str) -> Result<()> {
+    // The interface is gone, and its filters with it.
+    let Ok(link) = SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Egress,
+        EGRESS_TC_PRIORITY,
+        EGRESS_TC_HANDLE,
+        None,
+    ) else {
+        return Ok(());
+    };
+    match link.detach() {
+        Err(error) if netlink_errno(&error) != Some(libc::ENOENT) => {
+            Err(DatapathError::AttachEgress {
+                iface: iface.to_owned(),
+                source: error,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether `iface` exists in this process's network namespace (not /sys/class/net, which shows
 /// the namespace sysfs was mounted in, not the one `--netns` entered).
 pub fn interface_exists(iface: &str) -> bool {
@@ -877,6 +989,14 @@ pub fn detach(pin_dir: &Path, iface: &str) -> Result<()> {
         path: path.clone(),
         source,
     })?;
+    let tc_marker = egress_tc_pin(pin_dir, iface);
+    if tc_marker.exists() {
+        detach_egress_tc(iface)?;
+        fs::remove_file(&tc_marker).map_err(|source| DatapathError::Pin {
+            path: tc_marker,
+            source,
+        })?;
+    }
     let egress = egress_pin(pin_dir, iface);
     match fs::remove_file(&egress) {
         // Pins of a version without the watcher have none.

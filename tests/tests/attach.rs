@@ -7,17 +7,19 @@
 //! count, and every wait in time.
 
 use std::io::{ErrorKind, Read};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sipfilter_common::{Reason, stats};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
+use sipfilter_common::{Reason, ResponseClass, stats};
 use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter};
 use sipfilter_tests::e2e::{
     FAMILIES, Family, grew, legit_register, receive, scanner_options, send_burst,
 };
-use sipfilter_tests::sip_messages::register;
+use sipfilter_tests::sip_messages::{register, response};
 use sipfilter_tests::tcp::{accept_and_read, tcp_connect, tcp_listener, tcp_send};
 use sipfilter_tests::udp::{udp_listener, udp_socket};
 use sipfilter_tests::{NetNs, Topology, require_bpf};
@@ -124,6 +126,39 @@ impl Setup {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// sipfilter's egress filters that `tc filter show dev veth-s egress` lists.
+    fn egress_tc_filters(&self) -> usize {
+        let output = self
+            .server()
+            .exec(&["tc", "filter", "show", "dev", IFACE, "egress"])
+            .expect("tc filter show");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains("sipfilter_egress"))
+            .count()
+    }
+
+    /// Sends `n` challenges (401 to REGISTER) from the server's SIP port to the client, and
+    /// checks that all arrive unchanged and that the egress watcher counted each.
+    #[track_caller]
+    fn answers_counted(&self, when: &str, n: usize) {
+        let to = SocketAddr::new(Family::V4.client(), 5070);
+        let listener = udp_listener(&self.topo.client, to).expect("UDP listener");
+        let socket = udp_socket(self.server(), Family::V4.server_at(SIP_PORT)).expect("UDP socket");
+        let answers: Vec<Vec<u8>> = (0..n)
+            .map(|i| response(401, "Unauthorized", "REGISTER", &format!("{when}-{i}"), 1))
+            .collect();
+        let before = self.counters();
+        send_burst(&socket, to, &answers);
+        assert_same_messages(receive(&listener, n, ARRIVE), answers, when);
+        let challenges = (stats::RESPONSE_BASE + ResponseClass::Challenge as u32) as usize;
+        assert_eq!(
+            self.counters()[challenges] - before[challenges],
+            n as u64,
+            "{when}: the egress watcher counts every challenge"
+        );
     }
 
     /// Sends `payloads` over UDP from the client to the server's `port` and returns what the
@@ -696,6 +731,55 @@ fn filter_survives_daemon_and_is_taken_over_then_detached() {
         burst.clone(),
         "after detach everything arrives, scanners included",
     );
+}
+
+/// The egress watcher counts the answers the server sends, on TCX where the kernel has it (6.6
+/// and later) and as a tc filter on older kernels; it keeps counting with no daemon, a new
+/// daemon takes it over without adding a second one, and `detach` removes it.
+#[test]
+fn egress_watcher_counts_answers_without_a_daemon_until_detached() {
+    if !require_bpf("egress_watcher_counts_answers_without_a_daemon_until_detached") {
+        return;
+    }
+    const N: usize = 5;
+    let setup = setup("answers");
+    let policy = PolicyFile::new("answers", SCANNERS_ONLY);
+    let tcx = KernelVersion::current().expect("kernel version") >= KernelVersion::new(6, 6, 0);
+    let mut first = setup.start(Some(&policy), &[]);
+    let tc_marker = setup.pins.path().join(format!("egress-tc-{IFACE}"));
+    let tcx_pin = setup.pins.path().join(format!("egress-{IFACE}"));
+    assert_eq!(
+        (tcx_pin.exists(), tc_marker.exists()),
+        (tcx, !tcx),
+        "the watcher is a TCX link on 6.6 and later, a tc filter before: {:?}",
+        setup.pins.entries()
+    );
+    assert_eq!(setup.egress_tc_filters(), usize::from(!tcx));
+    setup.answers_counted("with the daemon", N);
+
+    first.stop(STOP).expect("SIGTERM stops attach");
+    setup.answers_counted("without a daemon", N);
+
+    let mut second = setup.start(Some(&policy), &[]);
+    assert!(adopted(&second.log(), IFACE), "{}", second.log());
+    assert_eq!(
+        setup.egress_tc_filters(),
+        usize::from(!tcx),
+        "the takeover replaced the filter, it did not add one"
+    );
+    setup.answers_counted("after the takeover", N);
+    second.stop(STOP).expect("SIGTERM stops attach");
+
+    let output = setup.pins.command(Some(setup.server()), &["detach", IFACE]);
+    assert!(output.status.success(), "detach: {}", stderr(&output));
+    assert_eq!(setup.egress_tc_filters(), 0, "detach removes the tc filter");
+    if tcx {
+        let attached = setup
+            .server()
+            .run(|| SchedClassifier::query_tcx(IFACE, TcAttachType::Egress))
+            .expect("querying TCX egress");
+        assert!(attached.1.is_empty(), "detach removes the TCX link");
+    }
 }
 
 /// `attach` announces readiness ("filtering with ...") and a supervisor may stop it at once:
