@@ -9,6 +9,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hickory_resolver::Hosts;
@@ -71,7 +72,12 @@ pub struct Resolved {
 /// A stub resolver for A and AAAA records.
 #[derive(Debug)]
 pub struct Resolver {
-    dns: TokioResolver,
+    /// The DNS server to ask; `None` for the system configuration.
+    server: Option<SocketAddr>,
+    /// Built from the system configuration at the first lookup that needs DNS, and tried again
+    /// at the next one if that fails: a filter that starts early at boot may find no
+    /// /etc/resolv.conf yet (systemd-resolved writes it later), and it must filter all the same.
+    dns: OnceLock<TokioResolver>,
     /// Read afresh on every lookup so that an edit is seen at the next refresh, as with DNS.
     /// `None` when a specific server was asked for: then only that server answers.
     hosts_file: Option<PathBuf>,
@@ -81,33 +87,24 @@ impl Resolver {
     /// Uses the system configuration (/etc/resolv.conf, /etc/hosts) when `server` is `None`;
     /// otherwise only that DNS server (UDP, with TCP fallback when an answer is truncated).
     pub fn new(server: Option<SocketAddr>) -> Result<Resolver, ResolveError> {
-        let (mut builder, hosts_file) = match server {
-            None => (
-                TokioResolver::builder_tokio().map_err(ResolveError::SystemConfig)?,
-                Some(PathBuf::from(SYSTEM_HOSTS_FILE)),
-            ),
-            Some(server) => {
-                let connection = |mut config: ConnectionConfig| {
-                    config.port = server.port();
-                    config
-                };
-                // The one server's NXDOMAIN is final: there is no other to ask.
-                let name_server = NameServerConfig::new(
-                    server.ip(),
-                    true,
-                    vec![
-                        connection(ConnectionConfig::udp()),
-                        connection(ConnectionConfig::tcp()),
-                    ],
-                );
-                let config = ResolverConfig::from_name_servers(vec![name_server]);
-                let provider = TokioRuntimeProvider::default();
-                (TokioResolver::builder_with_config(config, provider), None)
-            }
+        let resolver = Resolver {
+            server,
+            dns: OnceLock::new(),
+            hosts_file: server.is_none().then(|| PathBuf::from(SYSTEM_HOSTS_FILE)),
         };
-        configure(builder.options_mut());
-        let dns = builder.build().map_err(ResolveError::Setup)?;
-        Ok(Resolver { dns, hosts_file })
+        // A server given by the operator needs no file: a mistake in its setup shows at once.
+        if server.is_some() {
+            resolver.dns()?;
+        }
+        Ok(resolver)
+    }
+
+    fn dns(&self) -> Result<&TokioResolver, ResolveError> {
+        if let Some(dns) = self.dns.get() {
+            return Ok(dns);
+        }
+        let dns = build(self.server)?;
+        Ok(self.dns.get_or_init(|| dns))
     }
 
     /// A and AAAA for `name`, with the smallest TTL of the answers (`None` when the source gives
@@ -135,12 +132,36 @@ impl Resolver {
             return Ok(resolved);
         }
 
-        let (v4, v6) = tokio::join!(
-            self.dns.ipv4_lookup(parsed.clone()),
-            self.dns.ipv6_lookup(parsed)
-        );
+        let dns = self.dns()?;
+        let (v4, v6) = tokio::join!(dns.ipv4_lookup(parsed.clone()), dns.ipv6_lookup(parsed));
         combine(name, [v4, v6])
     }
+}
+
+/// The DNS resolver for `server`, or for the system configuration when `None`.
+fn build(server: Option<SocketAddr>) -> Result<TokioResolver, ResolveError> {
+    let mut builder = match server {
+        None => TokioResolver::builder_tokio().map_err(ResolveError::SystemConfig)?,
+        Some(server) => {
+            let connection = |mut config: ConnectionConfig| {
+                config.port = server.port();
+                config
+            };
+            // The one server's NXDOMAIN is final: there is no other to ask.
+            let name_server = NameServerConfig::new(
+                server.ip(),
+                true,
+                vec![
+                    connection(ConnectionConfig::udp()),
+                    connection(ConnectionConfig::tcp()),
+                ],
+            );
+            let config = ResolverConfig::from_name_servers(vec![name_server]);
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        }
+    };
+    configure(builder.options_mut());
+    builder.build().map_err(ResolveError::Setup)
 }
 
 /// The resolver options sipfilter needs, whatever resolv.conf says.
