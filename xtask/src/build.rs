@@ -32,15 +32,20 @@ pub fn cargo_build(release: bool) -> Result<()> {
 /// The freshly built `sipfilter` binary. Asks cargo where its target directory is, since
 /// `CARGO_TARGET_DIR` or a config file may have moved it away from `./target`.
 pub fn sipfilter_bin(release: bool) -> Result<PathBuf> {
+    let bin = target_dir()?
+        .join(if release { "release" } else { "debug" })
+        .join("sipfilter");
+    anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
+    Ok(bin)
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR` or a config file may move it from `./target`).
+pub fn target_dir() -> Result<PathBuf> {
     let metadata = capture(cargo().args(["metadata", "--format-version=1", "--no-deps"]))?;
     let metadata: serde_json::Value =
         serde_json::from_str(&metadata).context("parsing `cargo metadata` output")?;
     let target_dir = metadata["target_directory"]
         .as_str()
         .context("`cargo metadata` reported no target_directory")?;
-    let bin = PathBuf::from(target_dir)
-        .join(if release { "release" } else { "debug" })
-        .join("sipfilter");
-    anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
-    Ok(bin)
+    Ok(PathBuf::from(target_dir))
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask`: the project's own automation (toolchain and lab setup, build, run, test,
-//! benchmark, flood lab, lint), so a fresh machine needs nothing but rustup and this repository.
+//! tests on other kernels, benchmark, flood lab, lint), so a fresh machine needs nothing but rustup and this repository.
 //!
 //! External commands go through the helpers below ([`run`], or [`capture`], [`exec`],
 //! [`spawn`] + [`check`] where the output matters): they echo the command and, on failure,
@@ -8,6 +8,7 @@
 
 mod bench;
 mod build;
+mod kernels;
 mod lab;
 mod lint;
 mod run;
@@ -44,8 +45,10 @@ enum Cmd {
     Build(build::Args),
     /// Build, then run `sipfilter` with the given arguments (as root).
     Run(run::Args),
-    /// Set up everything, build, then run the whole test suite.
+    /// Set up everything, build, then run the whole test suite (here, then on Debian's kernels).
     Test(test::Args),
+    /// Run the datapath's tests on Debian's 6.1 and 6.12 kernels, each booted in qemu.
+    Kernels(kernels::Args),
     /// Run the datapath benchmark (`sipfilter-bench`), or `bench flood`: the flood comparison.
     Bench(bench::Args),
     /// Build the flood lab (attacker, user, PBX with Kamailio, sipfilter) until Ctrl-C.
@@ -70,6 +73,7 @@ fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Build(args) => build::main(&args),
         Cmd::Run(args) => run::main(args),
         Cmd::Test(args) => test::main(&args),
+        Cmd::Kernels(args) => kernels::main(&args),
         Cmd::Bench(args) => bench::main(args),
         Cmd::Lab(args) => lab::main(&args),
         Cmd::Lint => lint::main(),

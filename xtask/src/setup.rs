@@ -19,8 +19,9 @@ use crate::{capture, cargo, home, is_root, probe, run};
 /// sipvicious scanner, baresip user agent) plus the prometheus scraper and fail2ban that the
 /// integration labs talk to, and the firewalls the flood lab compares sipfilter with (iptables
 /// with ipset, nftables; only ever used inside lab namespaces, and nftables' service, whose
-/// config flushes the ruleset, is never started). All names checked with `apt-cache policy` on
-/// Debian 12 (bookworm).
+/// config flushes the ruleset, is never started), and what `cargo xtask kernels` boots other
+/// kernels with (qemu, busybox for the guest's shell, xz for compressed modules, binutils'
+/// `strip`). All names checked with `apt-cache policy` on Debian 12 (bookworm).
 pub const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -35,6 +36,10 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     "ipset",
     "nftables",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "binutils",
 ];
 
 /// Daemons some of [`PACKAGES`] ship; none may be left running by the install.

@@ -1,6 +1,7 @@
-//! `cargo xtask test [--no-apt] [-- CARGO_TEST_ARGS...]`: full setup, a build so the
-//! `sipfilter` binary exists for the integration tests, then `cargo test --workspace` with
-//! `SIPFILTER_BIN` pointing at it, and a final `N passed, N failed` summary.
+//! `cargo xtask test [--no-apt] [--no-kernels] [-- CARGO_TEST_ARGS...]`: full setup, a build so
+//! the `sipfilter` binary exists for the integration tests, then `cargo test --workspace` with
+//! `SIPFILTER_BIN` pointing at it, then the datapath's tests on other kernels
+//! (`cargo xtask kernels`), and a final `N passed, N failed` summary of both.
 //!
 //! Tests that need root or BPF decide for themselves (and fail under `CI=true`); the
 //! environment is passed through untouched.
@@ -12,13 +13,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cargo, check, setup, spawn};
+use crate::{build, cargo, check, kernels, setup, spawn};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Skip installing Debian packages (tests that need them will fail or skip).
     #[arg(long)]
     no_apt: bool,
+    /// Skip the runs on Debian's kernels in qemu (`cargo xtask kernels`), which take about ten
+    /// minutes.
+    #[arg(long)]
+    no_kernels: bool,
     /// Extra arguments for `cargo test`, after `--`.
     #[arg(last = true)]
     cargo_args: Vec<String>,
@@ -54,9 +59,32 @@ pub fn main(args: &Args) -> Result<()> {
     }
     drop(out);
     let status = child.wait().context("waiting for cargo test")?;
+    // The kernels' runs are reported even when a test here failed: a failure on one kernel
+    // only says more with the others beside it.
+    let kernels = if args.no_kernels {
+        Ok((0, 0))
+    } else {
+        kernels::run_all(&bin)
+    };
+    let kernels_error = match kernels {
+        Ok((p, f)) => {
+            passed += p;
+            failed += f;
+            None
+        }
+        Err(error) => Some(error),
+    };
 
     println!("{passed} passed, {failed} failed");
+    if let Some(error) = &kernels_error
+        && !status.success()
+    {
+        eprintln!("error: {error:#}");
+    }
     check(&cmd, status)?;
+    if let Some(error) = kernels_error {
+        return Err(error);
+    }
     if failed > 0 {
         bail!("{failed} tests failed");
     }
@@ -65,7 +93,7 @@ pub fn main(args: &Args) -> Result<()> {
 
 /// Counts from libtest's summary, e.g.
 /// `test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; ...`.
-fn parse_result(line: &str) -> Option<(u64, u64)> {
+pub fn parse_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.trim().strip_prefix("test result: ")?;
     let count = |what: &str| {
         rest.split(';').find_map(|part| {
