@@ -35,7 +35,7 @@ use crate::{
     compile::{CompiledPolicy, SourceLists, TrieKey, compile},
     config::Policy,
     control::{self, ListFilter, ListKind, Request, Response},
-    datapath::{self, AttachMode, Attached, Datapath, monotonic_now_ns},
+    datapath::{self, AttachMode, Attached, Datapath, EgressHook, monotonic_now_ns},
     events::{DatapathEvent, read_events},
     learned::{LearnedTrust, Learning},
     metrics::{self, Snapshot},
@@ -103,7 +103,7 @@ struct Daemon {
     hosts: BTreeMap<String, Host>,
     bans: BanEngine,
     learned: LearnedTrust,
-    attached: Vec<(String, String)>,
+    attached: Vec<AttachedInterface>,
     started: SystemTime,
     reloads: u64,
     reload_failures: u64,
@@ -124,6 +124,14 @@ struct Daemon {
     resolved: mpsc::UnboundedSender<(String, Result<Resolved, ResolveError>)>,
     resolver: Arc<Resolver>,
     stop: bool,
+}
+
+/// An interface this daemon attached to or took over.
+struct AttachedInterface {
+    name: String,
+    /// `driver`, `skb`, or `adopted` for a pinned link taken over.
+    mode: String,
+    egress: EgressHook,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM or a `detach` of every interface.
@@ -249,12 +257,20 @@ async fn run_async(options: Options) -> anyhow::Result<()> {
             // Nothing of ours was in the kernel before: leave nothing behind.
             let _ = datapath::remove_pins(&daemon.options.pin_dir);
         }
-        let how = match attached? {
+        let (attached, egress) = attached?;
+        let mode = match attached {
             Attached::New(mode) => format!("{mode:?}").to_lowercase(),
             Attached::Adopted => "adopted".to_owned(),
         };
-        log::info!("{iface}: attached ({how})");
-        daemon.attached.push((iface, how));
+        log::info!(
+            "{iface}: attached ({mode}), egress watcher on {}",
+            egress.name()
+        );
+        daemon.attached.push(AttachedInterface {
+            name: iface,
+            mode,
+            egress,
+        });
     }
     let source = daemon
         .options
@@ -1066,7 +1082,11 @@ impl Daemon {
             .map(|(name, used, capacity)| json!({"map": name, "entries": used, "capacity": capacity}))
             .collect();
         Response::data(json!({
-            "interfaces": self.attached.iter().map(|(name, mode)| json!({"name": name, "mode": mode})).collect::<Vec<_>>(),
+            "interfaces": self.attached.iter().map(|iface| json!({
+                "name": iface.name,
+                "mode": iface.mode,
+                "egress": iface.egress.name(),
+            })).collect::<Vec<_>>(),
             "program_id": program_id,
             "policy_file": self.options.policy_path.as_ref().map(|path| path.display().to_string()),
             "pin_dir": self.options.pin_dir.display().to_string(),
@@ -1126,17 +1146,20 @@ impl Daemon {
 
     fn detach(&mut self, interfaces: Vec<String>) -> Response {
         let names: Vec<String> = if interfaces.is_empty() {
-            self.attached.iter().map(|(name, _)| name.clone()).collect()
+            self.attached
+                .iter()
+                .map(|iface| iface.name.clone())
+                .collect()
         } else {
             interfaces
         };
         for name in &names {
-            if !self.attached.iter().any(|(attached, _)| attached == name) {
+            if !self.attached.iter().any(|iface| &iface.name == name) {
                 return Response::failed(format!(
                     "not attached to {name} (attached: {})",
                     self.attached
                         .iter()
-                        .map(|(n, _)| n.as_str())
+                        .map(|iface| iface.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
@@ -1146,7 +1169,7 @@ impl Daemon {
             if let Err(error) = datapath::detach(&self.options.pin_dir, name) {
                 return Response::failed(error.to_string());
             }
-            self.attached.retain(|(attached, _)| attached != name);
+            self.attached.retain(|iface| &iface.name != name);
             log::info!("{name}: detached");
         }
         if self.attached.is_empty() {

@@ -107,6 +107,24 @@ pub enum AttachMode {
     Skb,
 }
 
+/// Where the egress watcher of an interface hooks in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressHook {
+    /// A TCX link (kernel 6.6 or later).
+    Tcx,
+    /// A tc filter on the `clsact` qdisc (older kernels).
+    TcFilter,
+}
+
+impl EgressHook {
+    pub const fn name(self) -> &'static str {
+        match self {
+            EgressHook::Tcx => "tcx",
+            EgressHook::TcFilter => "tc filter",
+        }
+    }
+}
+
 /// How an interface ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attached {
@@ -253,21 +271,23 @@ impl Datapath {
 
     /// Attaches the XDP filter and the egress watcher to `iface`, or takes over the links a
     /// previous run pinned there.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(Attached, EgressHook)> {
         let attached = self.attach_filter(iface, mode)?;
-        if let Err(error) = self.attach_egress(iface) {
-            if let Attached::New(_) = attached {
-                // Leave the interface as it was: one attach, all or nothing.
-                let _ = fs::remove_file(link_pin(&self.pin_dir, iface));
+        match self.attach_egress(iface) {
+            Ok(hook) => Ok((attached, hook)),
+            Err(error) => {
+                if let Attached::New(_) = attached {
+                    // Leave the interface as it was: one attach, all or nothing.
+                    let _ = fs::remove_file(link_pin(&self.pin_dir, iface));
+                }
+                Err(error)
             }
-            return Err(error);
         }
-        Ok(attached)
     }
 
     /// The egress watcher as a TCX link (kernel 6.6 or later), pinned beside the XDP link; on
     /// a kernel without TCX, as a tc filter ([`Datapath::attach_egress_tc`]).
-    fn attach_egress(&mut self, iface: &str) -> Result<()> {
+    fn attach_egress(&mut self, iface: &str) -> Result<EgressHook> {
         if egress_tc_pin(&self.pin_dir, iface).exists() {
             return self.attach_egress_tc(iface);
         }
@@ -311,13 +331,13 @@ impl Datapath {
                 source: io::Error::other(e),
             })?;
         }
-        Ok(())
+        Ok(EgressHook::Tcx)
     }
 
     /// The egress watcher as a direct-action tc filter on `iface`'s `clsact` qdisc, for kernels
     /// before 6.6. A filter left by an earlier run is replaced in place (a netlink replace is
     /// atomic, as a link update is), so no response goes unwatched in between.
-    fn attach_egress_tc(&mut self, iface: &str) -> Result<()> {
+    fn attach_egress_tc(&mut self, iface: &str) -> Result<EgressHook> {
         let attach_error = |source| DatapathError::AttachEgress {
             iface: iface.to_owned(),
             source,
@@ -361,7 +381,8 @@ impl Datapath {
         program.pin(&marker).map_err(|e| DatapathError::Pin {
             path: marker.clone(),
             source: io::Error::other(e),
-        })
+        })?;
+        Ok(EgressHook::TcFilter)
     }
 
     fn attach_filter(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {

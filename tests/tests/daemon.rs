@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use aya::util::KernelVersion;
 use serde_json::Value;
 use sipfilter_common::{Reason, stats};
 use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter_bin};
@@ -1733,9 +1734,14 @@ fn status_and_stats_report_the_filter() {
     let _daemon = setup.start(&policy, &[]);
 
     let status = setup.json(&["status"]);
+    let tcx = KernelVersion::current().expect("kernel version") >= KernelVersion::new(6, 6, 0);
     assert_eq!(
         status["interfaces"],
-        serde_json::json!([{"name": IFACE, "mode": "driver"}]),
+        serde_json::json!([{
+            "name": IFACE,
+            "mode": "driver",
+            "egress": if tcx { "tcx" } else { "tc filter" },
+        }]),
         "{status:#}"
     );
     let program_id = status["program_id"]
@@ -1767,7 +1773,11 @@ fn status_and_stats_report_the_filter() {
     assert_eq!(status["reloads"], 0);
     assert_eq!(status["reload_failures"], 0);
     let text = setup.cli_ok(&["status"]);
-    assert!(text.contains(&format!("{IFACE} (driver)")), "{text}");
+    let egress = if tcx { "tcx" } else { "tc filter" };
+    assert!(
+        text.contains(&format!("{IFACE} (driver, egress watcher on {egress})")),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("program id:  {program_id}")),
         "{text}"

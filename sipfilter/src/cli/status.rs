@@ -26,9 +26,10 @@ pub fn run(args: &StatusArgs, socket: &Path) -> anyhow::Result<()> {
             list.iter()
                 .map(|i| {
                     format!(
-                        "{} ({})",
+                        "{} ({}, egress watcher on {})",
                         i["name"].as_str().unwrap_or("?"),
-                        i["mode"].as_str().unwrap_or("?")
+                        i["mode"].as_str().unwrap_or("?"),
+                        i["egress"].as_str().unwrap_or("?")
                     )
                 })
                 .collect()
