@@ -29,6 +29,13 @@ const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Distinguishes policy files of one process.
 static FILES: AtomicU32 = AtomicU32::new(0);
 
+/// Whether this kernel has TCX (6.6 and later), where the egress watcher is a TCX link; older
+/// kernels get a tc filter.
+pub fn kernel_has_tcx() -> bool {
+    aya::util::KernelVersion::current().expect("kernel version")
+        >= aya::util::KernelVersion::new(6, 6, 0)
+}
+
 /// The `sipfilter` binary: `$SIPFILTER_BIN` (set by `cargo xtask test`), else
 /// `<workspace>/target/debug/sipfilter`. Panics with instructions when neither exists.
 pub fn sipfilter_bin() -> PathBuf {

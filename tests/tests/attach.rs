@@ -13,9 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use aya::util::KernelVersion;
 use sipfilter_common::{Reason, ResponseClass, stats};
-use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter};
+use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, kernel_has_tcx, sipfilter};
 use sipfilter_tests::e2e::{
     FAMILIES, Family, grew, legit_register, receive, scanner_options, send_burst,
 };
@@ -744,7 +743,7 @@ fn egress_watcher_counts_answers_without_a_daemon_until_detached() {
     const N: usize = 5;
     let setup = setup("answers");
     let policy = PolicyFile::new("answers", SCANNERS_ONLY);
-    let tcx = KernelVersion::current().expect("kernel version") >= KernelVersion::new(6, 6, 0);
+    let tcx = kernel_has_tcx();
     let mut first = setup.start(Some(&policy), &[]);
     let tc_marker = setup.pins.path().join(format!("egress-tc-{IFACE}"));
     let tcx_pin = setup.pins.path().join(format!("egress-{IFACE}"));

@@ -20,10 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aya::util::KernelVersion;
 use serde_json::Value;
 use sipfilter_common::{Reason, stats};
-use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, sipfilter_bin};
+use sipfilter_tests::daemon::{Daemon, PinDir, PolicyFile, kernel_has_tcx, sipfilter_bin};
 use sipfilter_tests::dns::DnsServer;
 use sipfilter_tests::e2e::{
     FAMILIES, Family, TempDir, grew, legit_register, receive, rfc3339_seconds, run_bounded,
@@ -1734,7 +1733,7 @@ fn status_and_stats_report_the_filter() {
     let _daemon = setup.start(&policy, &[]);
 
     let status = setup.json(&["status"]);
-    let tcx = KernelVersion::current().expect("kernel version") >= KernelVersion::new(6, 6, 0);
+    let tcx = kernel_has_tcx();
     assert_eq!(
         status["interfaces"],
         serde_json::json!([{
