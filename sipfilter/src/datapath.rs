@@ -269,6 +269,20 @@ impl Datapath {
         egress_program(&mut self.ebpf)
     }
 
+    /// How many instructions the verifier walked for each program (`None` where the kernel
+    /// does not say: before 5.16).
+    pub fn verified_instructions(&self) -> Result<Vec<(String, Option<u32>)>> {
+        self.ebpf
+            .programs()
+            .map(|(name, program)| {
+                Ok((
+                    name.to_owned(),
+                    program.info()?.verified_instruction_count(),
+                ))
+            })
+            .collect()
+    }
+
     /// Attaches the XDP filter and the egress watcher to `iface`, or takes over the links a
     /// previous run pinned there.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(Attached, EgressHook)> {

@@ -3514,6 +3514,29 @@ fn events() {
     );
 }
 
+/// The verifier walks at most 1,000,000 instructions per program, and how many it walks for
+/// the same program differs between kernels (on 2026-11-22: at most 640,486 on 6.12 and 6.18,
+/// 708,383 on 6.1, both in the egress reader). Failing at 850,000 leaves room to grow and
+/// warns while a kernel whose verifier prunes a little worse would still load the programs.
+/// `cargo xtask kernels` runs this on Debian's kernels too.
+#[test]
+fn every_program_verifies_well_within_the_limit() {
+    if !require_bpf("every_program_verifies_well_within_the_limit") {
+        return;
+    }
+    const CEILING: u32 = 850_000;
+    let dp = TestDatapath::load("").expect("loading the datapath");
+    let counts = dp.datapath.verified_instructions().expect("program info");
+    assert_eq!(counts.len(), 5, "every program of the object: {counts:?}");
+    for (name, count) in &counts {
+        let count = count.unwrap_or_else(|| panic!("{name}: the kernel reports no count"));
+        assert!(
+            count < CEILING,
+            "{name}: {count} verified instructions, over {CEILING}: {counts:?}"
+        );
+    }
+}
+
 /// Earlier builds pinned their pattern lists in other layouts under other names; a load removes
 /// those pins, and the scanner patterns work from the map of this build.
 #[test]
