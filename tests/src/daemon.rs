@@ -492,9 +492,16 @@ impl Daemon {
     }
 
     /// Waits until the log shows the filter is attached ([`READY_LINE`]). Fails, showing the
-    /// log, when the daemon exits first or `timeout` passes.
+    /// log, when the daemon exits first or `timeout` passes. `timeout` is multiplied by
+    /// `$SIPFILTER_TEST_LOAD_SLOWDOWN` when set: under software emulation
+    /// (`cargo xtask kernels`) the verifier takes many times longer to load the programs.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        self.wait_for_log(READY_LINE, timeout)
+        let slowdown = std::env::var("SIPFILTER_TEST_LOAD_SLOWDOWN")
+            .ok()
+            .and_then(|factor| factor.parse::<u32>().ok())
+            .unwrap_or(1)
+            .max(1);
+        self.wait_for_log(READY_LINE, timeout * slowdown)
     }
 
     /// Waits until the log contains `needle`, returning the moment it is written; fails if the

@@ -368,6 +368,8 @@ fn find_module(dir: &Path, module: &str) -> Result<PathBuf> {
 
 /// The guest's init: mounts what the tests need, loads the modules, runs [`GUEST_TESTS`] one
 /// thread at a time (as root, with `CI=true`, so a test that cannot run fails) and powers off.
+/// A daemon takes 7 to 20 s to load its programs under emulation, so the tests wait 8 times
+/// as long for it as on real hardware.
 /// `ip` and `tc` are called by path: busybox's shell prefers its own applets of those names.
 fn init_script() -> String {
     let mut script = String::from(
@@ -380,7 +382,8 @@ fn init_script() -> String {
          mount -t tmpfs run /run\n\
          mount -t bpf bpf /sys/fs/bpf\n\
          mkdir -p /var /root && ln -s /run /var/run\n\
-         export PATH=/usr/local/bin:/bin HOME=/root CI=true SIPFILTER_BIN=/bin/sipfilter\n",
+         export PATH=/usr/local/bin:/bin HOME=/root CI=true SIPFILTER_BIN=/bin/sipfilter\n\
+         export SIPFILTER_TEST_LOAD_SLOWDOWN=8\n",
     );
     for module in MODULES {
         script.push_str(&format!(
