@@ -9,7 +9,7 @@
 //!
 //! Kernels before 6.6 have no TCX. There the egress watcher is a classic tc filter on the
 //! interface's `clsact` qdisc, which stays in place without a pin; the egress program is pinned
-//! as `egress-tc-IFNAME` to record it, and the next `attach` replaces the filter in place.
+//! as `tc-egress-IFNAME` to record it, and the next `attach` replaces the filter in place.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -932,9 +932,11 @@ fn egress_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("egress-{iface}"))
 }
 
-/// Records that the egress watcher runs as a tc filter on `iface` (a pin of the program).
+/// Records that the egress watcher runs as a tc filter on `iface` (a pin of the program). Its
+/// prefix shares no start with `link-` or `egress-`, so no interface's name can make it the pin
+/// of another interface (`egress-tc-X` would be the TCX link of an interface named `tc-X`).
 fn egress_tc_pin(pin_dir: &Path, iface: &str) -> PathBuf {
-    pin_dir.join(format!("egress-tc-{iface}"))
+    pin_dir.join(format!("tc-egress-{iface}"))
 }
 
 /// Where the tc filter of the egress watcher sits on a kernel without TCX: `tc filter show dev

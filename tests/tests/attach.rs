@@ -745,7 +745,7 @@ fn egress_watcher_counts_answers_without_a_daemon_until_detached() {
     let policy = PolicyFile::new("answers", SCANNERS_ONLY);
     let tcx = kernel_has_tcx();
     let mut first = setup.start(Some(&policy), &[]);
-    let tc_marker = setup.pins.path().join(format!("egress-tc-{IFACE}"));
+    let tc_marker = setup.pins.path().join(format!("tc-egress-{IFACE}"));
     let tcx_pin = setup.pins.path().join(format!("egress-{IFACE}"));
     assert_eq!(
         (tcx_pin.exists(), tc_marker.exists()),
