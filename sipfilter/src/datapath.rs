@@ -356,14 +356,10 @@ impl Datapath {
             iface: iface.to_owned(),
             source,
         };
-        match tc::qdisc_add_clsact(iface) {
-            Err(TcError::NetlinkError(error)) if error.raw_os_error() != Some(libc::EEXIST) => {
-                return Err(attach_error(TcError::NetlinkError(error).into()));
-            }
-            Err(error @ (TcError::IoError(_) | TcError::NulError(_))) => {
-                return Err(attach_error(error.into()));
-            }
-            _ => {}
+        if let Err(error) = tc::qdisc_add_clsact(iface)
+            && !clsact_exists(&error)
+        {
+            return Err(attach_error(error.into()));
         }
         let program = egress_program(&mut self.ebpf)?;
         let options = TcAttachOptions::Netlink(NlOptions {
@@ -949,6 +945,16 @@ const EGRESS_TC_HANDLE: TcHandle = TcHandle::new(0, 0x5f1);
 /// does not know the attach type).
 fn tcx_unsupported(error: &ProgramError) -> bool {
     matches!(error, ProgramError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(libc::EINVAL))
+}
+
+/// Adding the `clsact` qdisc failed because the interface has one (an earlier run's, or
+/// another tool's), which serves as well.
+fn clsact_exists(error: &TcError) -> bool {
+    match error {
+        TcError::AlreadyAttached => true,
+        TcError::NetlinkError(error) => error.raw_os_error() == Some(libc::EEXIST),
+        _ => false,
+    }
 }
 
 /// The errno of a failed netlink request.

@@ -66,25 +66,20 @@ pub fn main(args: &Args) -> Result<()> {
     } else {
         kernels::run_all(&bin)
     };
-    let kernels_error = match kernels {
-        Ok((p, f)) => {
-            passed += p;
-            failed += f;
-            None
-        }
-        Err(error) => Some(error),
-    };
+    if let Ok((p, f)) = kernels {
+        passed += p;
+        failed += f;
+    }
 
     println!("{passed} passed, {failed} failed");
-    if let Some(error) = &kernels_error
+    // Shown here when cargo test's own failure is what ends the run.
+    if let Err(error) = &kernels
         && !status.success()
     {
         eprintln!("error: {error:#}");
     }
     check(&cmd, status)?;
-    if let Some(error) = kernels_error {
-        return Err(error);
-    }
+    kernels?;
     if failed > 0 {
         bail!("{failed} tests failed");
     }
