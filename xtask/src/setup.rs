@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs, idempotently, what a fresh Debian 12 machine lacks to build
-//! and test sipfilter. Each step prints `ok: ...` when already satisfied, `installing: ...`
+//! and test sipfilter. Each step prints (on stderr, so `bench --json` keeps stdout to its JSON) `ok: ...` when already satisfied, `installing: ...`
 //! otherwise. See ../shared/TOOLCHAIN.md for why the toolchain steps look the way they do.
 
 use std::{
@@ -58,7 +58,7 @@ pub struct Args {
 pub fn main(args: &Args) -> Result<()> {
     toolchain()?;
     if args.no_apt {
-        println!("skipped: Debian packages (--no-apt)");
+        eprintln!("skipped: Debian packages (--no-apt)");
         Ok(())
     } else {
         packages()
@@ -82,10 +82,10 @@ fn nightly_sysroot() -> Result<PathBuf> {
 /// `-Z build-std=core` compiles core for bpfel-unknown-none from the nightly's sources.
 fn rust_src(sysroot: &Path) -> Result<()> {
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        println!("ok: rust-src for nightly");
+        eprintln!("ok: rust-src for nightly");
         return Ok(());
     }
-    println!("installing: rust-src for nightly");
+    eprintln!("installing: rust-src for nightly");
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
@@ -104,14 +104,14 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
     let built_for = built_for.as_deref().map(str::trim);
     let reason = match (&version, built_for) {
         (Some(v), Some(b)) if b == so_name => {
-            println!("ok: {} (built for {so_name})", v.trim());
+            eprintln!("ok: {} (built for {so_name})", v.trim());
             return Ok(());
         }
         (None, _) => "not installed or does not run".to_owned(),
         (Some(_), None) => format!("no record of its LLVM in {}", record.display()),
         (Some(_), Some(b)) => format!("built for {b}"),
     };
-    println!("installing: bpf-linker against {so_name} (llvm-{major}; {reason})");
+    eprintln!("installing: bpf-linker against {so_name} (llvm-{major}; {reason})");
 
     // A stale record must not survive a failed rebuild.
     removed(fs::remove_file(&record), &record)?;
@@ -157,7 +157,7 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
     };
     fs::write(&record, format!("{so_name}\n"))
         .with_context(|| format!("writing {}", record.display()))?;
-    println!("ok: {} (built for {so_name})", v.trim());
+    eprintln!("ok: {} (built for {so_name})", v.trim());
     Ok(())
 }
 
@@ -216,10 +216,10 @@ fn removed(result: std::io::Result<()>, path: &Path) -> Result<()> {
 fn packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        println!("ok: Debian packages ({})", PACKAGES.join(" "));
+        eprintln!("ok: Debian packages ({})", PACKAGES.join(" "));
         return Ok(());
     }
-    println!("installing: Debian packages {}", missing.join(" "));
+    eprintln!("installing: Debian packages {}", missing.join(" "));
     if !is_root() {
         bail!(
             "installing Debian packages needs root (or pass --no-apt): {}",
@@ -239,7 +239,7 @@ fn packages() -> Result<()> {
     // some other way, so a stray listener is at least reported rather than silently left behind.
     for daemon in DAEMONS {
         if let Some(pids) = probe(Command::new("pgrep").args(["-x", daemon])) {
-            println!(
+            eprintln!(
                 "warning: {daemon} is running (pid {})",
                 pids.split_whitespace().collect::<Vec<_>>().join(" ")
             );
@@ -271,7 +271,7 @@ impl ForbidServiceStarts {
         let mut file = match file {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                println!("ok: {} exists, left as it is", path.display());
+                eprintln!("ok: {} exists, left as it is", path.display());
                 return Ok(Self { created: None });
             }
             Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),

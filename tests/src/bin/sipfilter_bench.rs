@@ -914,35 +914,48 @@ fn bench(args: &Args) -> Result<()> {
     }
 
     let load = (load_before, load_average());
-    let medians: std::collections::BTreeMap<&str, f64> = cases
-        .iter()
-        .map(|case| (case.key, summarize(&case.samples).median))
-        .collect();
+    let medians = medians(&cases);
     let baseline = |case: &Case| case.baseline().map(|key| medians[key]);
     if args.json {
-        let mut object = Map::new();
-        for case in &cases {
-            let summary = summarize(&case.samples);
-            let mut entry = Map::new();
-            entry.insert("min_ns".into(), json!(summary.min));
-            entry.insert("median_ns".into(), json!(summary.median));
-            entry.insert("max_ns".into(), json!(summary.max));
-            if let Some(trivial_median) = baseline(case) {
-                let over = summary.median - trivial_median;
-                entry.insert("over_trivial_ns".into(), json!(over));
-                entry.insert("ratio".into(), json!(summary.median / trivial_median));
-                if let Some(target) = case.target_ns {
-                    entry.insert("target_over_trivial_ns".into(), json!(target));
-                    entry.insert("target_met".into(), json!(over <= target));
-                }
-            }
-            object.insert(case.key.into(), Value::Object(entry));
-        }
-        println!("{}", serde_json::to_string_pretty(&Value::Object(object))?);
+        println!("{}", serde_json::to_string_pretty(&json_report(&cases))?);
         return Ok(());
     }
     print_report(args, &cases, &sizes, &baseline, events, load);
     Ok(())
+}
+
+/// Each case's median, by key.
+fn medians(cases: &[Case]) -> std::collections::BTreeMap<&'static str, f64> {
+    cases
+        .iter()
+        .map(|case| (case.key, summarize(&case.samples).median))
+        .collect()
+}
+
+/// The `--json` report: one object, one key per case, each with `min_ns`, `median_ns` and
+/// `max_ns`, and for the cases measured against a trivial program also the figures over it,
+/// the ratio and the target.
+fn json_report(cases: &[Case]) -> Value {
+    let medians = medians(cases);
+    let mut object = Map::new();
+    for case in cases {
+        let summary = summarize(&case.samples);
+        let mut entry = Map::new();
+        entry.insert("min_ns".into(), json!(summary.min));
+        entry.insert("median_ns".into(), json!(summary.median));
+        entry.insert("max_ns".into(), json!(summary.max));
+        if let Some(trivial_median) = case.baseline().and_then(|key| medians.get(key)) {
+            let over = summary.median - trivial_median;
+            entry.insert("over_trivial_ns".into(), json!(over));
+            entry.insert("ratio".into(), json!(summary.median / trivial_median));
+            if let Some(target) = case.target_ns {
+                entry.insert("target_over_trivial_ns".into(), json!(target));
+                entry.insert("target_met".into(), json!(over <= target));
+            }
+        }
+        object.insert(case.key.into(), Value::Object(entry));
+    }
+    Value::Object(object)
 }
 
 /// The cases `only` names, and the trivial cases they are reported over; all when `only` is
@@ -1103,6 +1116,52 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn json_report_has_a_key_per_case_with_its_figures() {
+        let mut cases = cases(3);
+        for (index, case) in cases.iter_mut().enumerate() {
+            let base = if case.key == "trivial" {
+                6.0
+            } else {
+                10.0 * (index + 1) as f64
+            };
+            case.samples = vec![base + 2.0, base, base + 1.0];
+        }
+        let report = json_report(&cases);
+        let object = report.as_object().unwrap();
+        for key in [
+            "trivial",
+            "non_sip",
+            "denylisted",
+            "register_400",
+            "scanner_1k",
+            "invite_v6",
+        ] {
+            let entry = &object[key];
+            let (min, median, max) = (
+                entry["min_ns"].as_f64().unwrap(),
+                entry["median_ns"].as_f64().unwrap(),
+                entry["max_ns"].as_f64().unwrap(),
+            );
+            assert_eq!((median - min, max - min), (1.0, 2.0), "{key}: {entry}");
+        }
+        assert_eq!(object.len(), cases.len());
+        let trivial = object["trivial"]["median_ns"].as_f64().unwrap();
+        let register = &object["register_400"];
+        let median = register["median_ns"].as_f64().unwrap();
+        assert_eq!(
+            register["over_trivial_ns"].as_f64().unwrap(),
+            median - trivial
+        );
+        assert_eq!(register["ratio"].as_f64().unwrap(), median / trivial);
+        assert_eq!(register["target_over_trivial_ns"].as_f64().unwrap(), 90.0);
+        assert_eq!(
+            register["target_met"].as_bool().unwrap(),
+            median - trivial <= 90.0
+        );
+        assert!(object["trivial"].get("ratio").is_none());
     }
 
     #[test]
