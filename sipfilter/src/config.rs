@@ -1517,6 +1517,65 @@ mode = "monitor"
         );
     }
 
+    /// The keys the parser accepts in the table `path` (`""` for the top level), read from its
+    /// "unknown key ..., expected one of ..." error, so the list cannot drift from the code.
+    fn accepted_keys(path: &str) -> Vec<String> {
+        let text = match path.rsplit_once('.') {
+            None if path.is_empty() => "not_a_key = 1\n".to_owned(),
+            None => format!("[{path}]\nnot_a_key = 1\n"),
+            Some((section, table)) => format!("[{section}]\n{table} = {{ not_a_key = 1 }}\n"),
+        };
+        let message = parse(&text).expect_err("an unknown key").to_string();
+        // serde's forms: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, ...".
+        let (_, expected) = message
+            .split_once("unknown key `not_a_key`, expected ")
+            .unwrap_or_else(|| panic!("{path}: no list of keys in {message:?}"));
+        expected
+            .trim_start_matches("one of ")
+            .split(", ")
+            .flat_map(|keys| keys.split(" or "))
+            .map(|key| {
+                key.trim_matches(|c: char| c == '`' || c.is_whitespace())
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// The README's key table names every key the parser accepts (and docs/policy.md has a row
+    /// for each), so a new key cannot ship undocumented.
+    #[test]
+    fn every_key_is_documented() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let reference = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md"));
+        let sections = accepted_keys("");
+        assert!(sections.len() >= 9, "{sections:?}");
+        let mut checked = 0;
+        for section in &sections {
+            for key in accepted_keys(section) {
+                let mut paths = vec![format!("{section}.{key}")];
+                if (section.as_str(), key.as_str()) == ("bans", "weights") {
+                    paths = accepted_keys("bans.weights")
+                        .into_iter()
+                        .map(|weight| format!("bans.weights.{weight}"))
+                        .collect();
+                }
+                for path in paths {
+                    assert!(
+                        readme.contains(&format!("| `{path}` |")),
+                        "README.md's key table lacks `{path}`"
+                    );
+                    let last = path.rsplit('.').next().unwrap();
+                    assert!(
+                        reference.contains(&format!("| `{last}` |")),
+                        "docs/policy.md has no row for `{path}`"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 35, "only {checked} keys found");
+    }
+
     #[test]
     fn unknown_keys_and_sections() {
         let message = error(
