@@ -84,7 +84,7 @@ pub enum DatapathError {
         iface: String,
         source: aya::programs::ProgramError,
     },
-    #[error("interface {iface}: {source}")]
+    #[error("interface {iface}: {source}{hint}", hint = xdp_attach_hint(source))]
     Attach {
         iface: String,
         source: aya::programs::ProgramError,
@@ -98,6 +98,25 @@ pub enum DatapathError {
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
+
+/// What an operator can do about the usual reasons a kernel refuses an XDP attach.
+fn xdp_attach_hint(error: &ProgramError) -> &'static str {
+    let errno = match error {
+        ProgramError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::ERANGE) => {
+            " (the MTU is too large for native XDP on this driver, which sipfilter needs to see \
+             each frame in one buffer: lower the MTU, or use --mode skb or auto)"
+        }
+        Some(libc::EOPNOTSUPP) => " (the driver has no native XDP: use --mode skb or auto)",
+        Some(libc::EBUSY | libc::EEXIST) => {
+            " (another XDP program is attached: remove it first, e.g. `ip link set dev IFACE xdp off`)"
+        }
+        _ => "",
+    }
+}
 
 /// How to attach: `Auto` tries the driver's native XDP and falls back to generic (skb) mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

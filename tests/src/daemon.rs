@@ -548,14 +548,20 @@ impl Daemon {
     /// Sends SIGTERM and waits up to `timeout` for the daemon to exit; SIGKILLs it (and fails)
     /// if it does not.
     pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM, timeout)
+    }
+
+    /// [`Daemon::stop`] with another signal (SIGINT: Ctrl-C in a terminal).
+    pub fn stop_with(&mut self, signal: libc::c_int, timeout: Duration) -> Result<ExitStatus> {
+        let name = signal_name(signal);
         if let Some(status) = self.try_status()? {
             bail!(
-                "`{}` had already exited ({status}) before SIGTERM; its log:\n{}",
+                "`{}` had already exited ({status}) before {name}; its log:\n{}",
                 self.what,
                 self.log()
             );
         }
-        self.signal(libc::SIGTERM)?;
+        self.signal(signal)?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_status()? {
@@ -565,7 +571,7 @@ impl Daemon {
             if Instant::now() >= deadline {
                 let _ = self.kill9();
                 bail!(
-                    "`{}` ignored SIGTERM for {timeout:?}; killed it. Its log:\n{}",
+                    "`{}` ignored {name} for {timeout:?}; killed it. Its log:\n{}",
                     self.what,
                     self.log()
                 );
@@ -604,6 +610,16 @@ impl Daemon {
     /// After the process exited, waits briefly for the reader thread to reach the pipe's end.
     fn settle_log(&self) {
         self.log.wait_closed(Duration::from_secs(2));
+    }
+}
+
+/// `SIGTERM`, `SIGINT`, ... for messages.
+fn signal_name(signal: libc::c_int) -> String {
+    match signal {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        other => format!("signal {other}"),
     }
 }
 

@@ -631,7 +631,7 @@ fn filter_survives_daemon_and_is_taken_over_then_detached() {
         first.log()
     );
     // It filters while it runs (this also lets the daemon settle: SIGTERM right after the
-    // readiness line is the subject of `sigterm_right_after_ready_stops_cleanly`).
+    // readiness line is the subject of `sigterm_or_sigint_right_after_ready_stops_cleanly`).
     let (burst, legit) = mixed_burst("running", N);
     assert_same_messages(
         setup.udp_expect_drops(Family::V4, SIP_PORT, &burst),
@@ -782,23 +782,29 @@ fn egress_watcher_counts_answers_without_a_daemon_until_detached() {
 }
 
 /// `attach` announces readiness ("filtering with ...") and a supervisor may stop it at once:
-/// SIGTERM must then take the clean path (exit 0, "stopping" logged), not kill the process.
+/// SIGTERM (a supervisor) and SIGINT (Ctrl-C) must then take the clean path (exit 0,
+/// "stopping" logged), not kill the process, and leave the filter attached.
 #[test]
-fn sigterm_right_after_ready_stops_cleanly() {
-    if !require_bpf("sigterm_right_after_ready_stops_cleanly") {
+fn sigterm_or_sigint_right_after_ready_stops_cleanly() {
+    if !require_bpf("sigterm_or_sigint_right_after_ready_stops_cleanly") {
         return;
     }
     let setup = setup("term");
-    for round in 0..3 {
+    for (round, signal) in [libc::SIGTERM, libc::SIGINT, libc::SIGTERM, libc::SIGINT]
+        .into_iter()
+        .enumerate()
+    {
         let mut daemon =
             Daemon::attach(setup.server(), &setup.pins, &[IFACE]).expect("starting attach");
         daemon.wait_ready(READY).expect("attach ready");
-        let status = daemon.stop(STOP).expect("SIGTERM stops attach");
+        let status = daemon
+            .stop_with(signal, STOP)
+            .expect("the signal stops attach");
         assert_eq!(
             status.code(),
             Some(0),
-            "round {round}: SIGTERM right after the readiness line ended attach with {status}; \
-             its log:\n{}",
+            "round {round}: signal {signal} right after the readiness line ended attach with \
+             {status}; its log:\n{}",
             daemon.log()
         );
         assert!(
@@ -1198,4 +1204,73 @@ fn auto_mode_picks_driver_on_veth() {
         return;
     }
     attach_in_mode("modeauto", None, "driver", "xdp");
+}
+
+/// 4 KB SIP messages in single frames, on a jumbo-MTU link. veth refuses native XDP at that MTU
+/// (the program is not multi-buffer), as many NIC drivers do: `--mode driver` is refused with an
+/// error naming the interface, and `auto` falls back to generic mode, where the program sees
+/// the whole frame. A 4 KB REGISTER with a scanner User-Agent is dropped, a legitimate one
+/// arrives whole, over IPv4 and IPv6.
+#[test]
+fn jumbo_link_auto_falls_back_to_skb_and_filters_4k_messages() {
+    if !require_bpf("jumbo_link_auto_falls_back_to_skb_and_filters_4k_messages") {
+        return;
+    }
+    const SIZE: usize = 4096;
+    let setup = setup("jumbo");
+    for (ns, ifname) in [
+        (&setup.topo.client, Topology::CLIENT_IF),
+        (setup.server(), IFACE),
+    ] {
+        let output = ns
+            .ip(&["link", "set", "dev", ifname, "mtu", "9000"])
+            .expect("ip link set mtu");
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let policy = PolicyFile::new("jumbo", SCANNERS_ONLY);
+    let (code, log) = setup.attach_fails(&[IFACE, "--config", policy.arg(), "--mode", "driver"]);
+    assert_ne!(code, Some(0), "driver mode at MTU 9000:\n{log}");
+    assert!(
+        log.contains(IFACE) && log.contains("MTU is too large"),
+        "the error names the interface and the reason:\n{log}"
+    );
+    assert!(!setup.xdp_attached(), "{}", setup.link_show());
+
+    let daemon = setup.start(Some(&policy), &[]);
+    let log = daemon.log();
+    assert!(
+        attached_in(&log, IFACE, "skb"),
+        "generic mode at MTU 9000:\n{log}"
+    );
+    assert!(log.contains("native XDP unavailable"), "{log}");
+    let link = setup.link_show();
+    assert!(
+        link.split_whitespace().any(|word| word == "xdpgeneric"),
+        "ip link shows xdpgeneric:\n{link}"
+    );
+    for family in FAMILIES {
+        let id = format!("jumbo-{family:?}");
+        let legit = register(
+            "alice",
+            "example.com",
+            &format!("{id}-legit"),
+            1,
+            Some("Zoiper rv2.10.20.2"),
+            Some(SIZE),
+        );
+        let scanner = register(
+            "100",
+            "example.com",
+            &format!("{id}-scan"),
+            1,
+            Some("friendly-scanner"),
+            Some(SIZE),
+        );
+        let before = setup.counters();
+        let got = setup.udp_expect_drops(family, SIP_PORT, &[scanner, legit.clone()]);
+        assert_same_messages(got, vec![legit], &format!("{family:?} 4 KB"));
+        let after = setup.counters();
+        assert_eq!(grew(&before, &after, Reason::ScannerUserAgent), 1);
+        assert_eq!(grew(&before, &after, Reason::SipOk), 1);
+    }
 }
