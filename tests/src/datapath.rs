@@ -16,7 +16,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, TestRunResult},
 };
 use sipfilter::{
-    compile::compile,
+    compile::{CompiledPolicy, SourceLists, compile},
     config::Policy,
     datapath::{self, Datapath},
 };
@@ -39,6 +39,11 @@ pub fn private_pin_dir(tag: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/sft-{tag}-{}-{n}", std::process::id()))
 }
 
+/// The policy in `toml` (the policy file's syntax), compiled for the maps.
+fn compiled(toml: &str) -> Result<CompiledPolicy> {
+    Ok(compile(&Policy::from_toml_str(toml, "test policy")?)?)
+}
+
 impl TestDatapath {
     /// Loads the datapath with the policy in `toml` (the policy file's syntax).
     pub fn load(toml: &str) -> Result<TestDatapath> {
@@ -47,22 +52,32 @@ impl TestDatapath {
 
     /// [`TestDatapath::load`] into `pin_dir`, which may hold pins already.
     pub fn load_in(pin_dir: PathBuf, toml: &str) -> Result<TestDatapath> {
-        let policy = Policy::from_toml_str(toml, "test policy")?;
-        let compiled = compile(&policy)?;
-        let loaded = Datapath::load(&pin_dir, compiled.max_sources).and_then(|mut datapath| {
-            datapath.apply(
-                &compiled,
-                &sipfilter::compile::SourceLists::from_policy(&compiled),
-            )?;
-            Ok(datapath)
-        });
-        match loaded {
-            Ok(datapath) => Ok(TestDatapath { datapath, pin_dir }),
+        let compiled = compiled(toml)?;
+        let datapath = match Datapath::load(&pin_dir, compiled.max_sources) {
+            Ok(datapath) => datapath,
             Err(error) => {
                 let _ = datapath::remove_pins(&pin_dir);
-                Err(error).context("loading the datapath")
+                return Err(error).context("loading the datapath");
             }
-        }
+        };
+        // From here on, dropping it removes the pins.
+        let mut loaded = TestDatapath { datapath, pin_dir };
+        loaded
+            .apply_compiled(&compiled)
+            .context("loading the datapath")?;
+        Ok(loaded)
+    }
+
+    /// Applies the policy in `toml` to the loaded programs, as `sipfilter reload` does: maps
+    /// are rewritten, the programs stay.
+    pub fn apply(&mut self, toml: &str) -> Result<()> {
+        self.apply_compiled(&compiled(toml)?)
+    }
+
+    fn apply_compiled(&mut self, compiled: &CompiledPolicy) -> Result<()> {
+        Ok(self
+            .datapath
+            .apply(compiled, &SourceLists::from_policy(compiled))?)
     }
 
     /// Runs the XDP program once on `packet`; returns the XDP action.

@@ -2524,6 +2524,176 @@ fn rate_limits() {
     }
 }
 
+/// `rate_limit.ipv6_prefix` sets how much of an IPv6 address is one source: with /48, hosts of
+/// different /64s in one /48 share a bucket; with /128, two hosts of one /64 do not.
+#[test]
+fn rate_limit_source_follows_the_ipv6_prefix() {
+    if !require_bpf("rate_limit_source_follows_the_ipv6_prefix") {
+        return;
+    }
+    let reg = clean_register();
+    let ok = passes(Reason::SipOk);
+    let over = drops(Reason::RateRegister);
+    let host = |net: u16, interface_id: u16| {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, net, 0, 0, 0, interface_id))
+    };
+    let policy = |ipv6_prefix| PolicyToml {
+        register: TIGHT,
+        ipv6_prefix,
+        ..PolicyToml::default()
+    };
+
+    let mut dp = policy(48).load();
+    send_n(&mut dp, "/48: burst from one /64", host(1, 1), &reg, 3, ok);
+    send_n(
+        &mut dp,
+        "/48: another /64 of the /48",
+        host(2, 1),
+        &reg,
+        1,
+        over,
+    );
+    let other_48 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 8, 1, 0, 0, 0, 1));
+    send_n(&mut dp, "/48: the next /48", other_48, &reg, 3, ok);
+
+    let mut dp = policy(128).load();
+    send_n(
+        &mut dp,
+        "/128: burst from one host",
+        host(1, 1),
+        &reg,
+        3,
+        ok,
+    );
+    send_n(&mut dp, "/128: that host again", host(1, 1), &reg, 1, over);
+    send_n(
+        &mut dp,
+        "/128: another host of the /64",
+        host(1, 2),
+        &reg,
+        3,
+        ok,
+    );
+}
+
+/// This thread's CPU affinity, put back when dropped (also when an assertion fails).
+struct CpuAffinity {
+    original: libc::cpu_set_t,
+}
+
+impl CpuAffinity {
+    fn get() -> CpuAffinity {
+        // SAFETY: a zeroed cpu_set_t is an empty set, which sched_getaffinity fills.
+        let mut original: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut original) };
+        assert_eq!(
+            rc,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        CpuAffinity { original }
+    }
+
+    /// The CPUs the thread may run on.
+    fn cpus(&self) -> Vec<usize> {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: reads a bit of a set we own.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &self.original) })
+            .collect()
+    }
+
+    /// Moves this thread to `cpu` alone: `BPF_PROG_TEST_RUN` runs the program on the CPU of
+    /// the thread that calls it.
+    fn pin_to(&self, cpu: usize) {
+        // SAFETY: as in `get`; the set names one CPU.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            unsafe { libc::sched_getcpu() },
+            cpu as i32,
+            "moved to CPU {cpu}"
+        );
+    }
+}
+
+impl Drop for CpuAffinity {
+    fn drop(&mut self) {
+        // SAFETY: the thread's own earlier set.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.original) };
+    }
+}
+
+/// The token buckets are one state for all CPUs: a burst spent on one CPU is spent on every
+/// CPU, so a source whose flood the NIC spreads over several queues (RSS hashes the ports)
+/// still gets the configured rate, not the rate times the CPUs.
+#[test]
+fn rate_limit_state_is_shared_across_cpus() {
+    if !require_bpf("rate_limit_state_is_shared_across_cpus") {
+        return;
+    }
+    let affinity = CpuAffinity::get();
+    let cpus = affinity.cpus();
+    assert!(
+        cpus.len() >= 2,
+        "this test needs two CPUs to run the program on, and may use only {cpus:?}"
+    );
+    let (a, b) = (cpus[0], cpus[1]);
+    let mut dp = PolicyToml {
+        register: TIGHT,
+        ..PolicyToml::default()
+    }
+    .load();
+    let reg = clean_register();
+    let ok = passes(Reason::SipOk);
+    let over = drops(Reason::RateRegister);
+    for src in UNTRUSTED {
+        let f = family(src);
+        affinity.pin_to(a);
+        send_n(
+            &mut dp,
+            &format!("{f}: 2 of the burst of 3 on CPU {a}"),
+            src,
+            &reg,
+            2,
+            ok,
+        );
+        affinity.pin_to(b);
+        send_n(
+            &mut dp,
+            &format!("{f}: the last of the burst on CPU {b}"),
+            src,
+            &reg,
+            1,
+            ok,
+        );
+        send_n(
+            &mut dp,
+            &format!("{f}: over the limit on CPU {b}"),
+            src,
+            &reg,
+            1,
+            over,
+        );
+        affinity.pin_to(a);
+        send_n(
+            &mut dp,
+            &format!("{f}: over the limit on CPU {a}"),
+            src,
+            &reg,
+            1,
+            over,
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Monitor mode
 // ---------------------------------------------------------------------------------------------
@@ -3562,4 +3732,92 @@ fn pattern_maps_of_earlier_builds_are_unpinned() {
             .expect("the program runs"),
         (XDP_DROP, Reason::ScannerUserAgent)
     );
+}
+
+/// The scanner lists are data: a policy's own patterns drop what they name, in any case and in
+/// either header, and nothing of the built-in lists they replace; applying another policy to
+/// the loaded programs (as `sipfilter reload` does) swaps the lists without loading anything.
+#[test]
+fn scanner_lists_come_from_the_policy_at_run_time() {
+    if !require_bpf("scanner_lists_come_from_the_policy_at_run_time") {
+        return;
+    }
+    let policy = |user_agents: &str, from: &str| {
+        format!("[scanners]\nuser_agents = [{user_agents}]\nfrom = [{from}]\n")
+    };
+    let with_from = |value: &str| {
+        options_message("alice", "example.com", "from-custom", 1)
+            .set_header("From", value)
+            .build()
+    };
+    let acme_ua = options_with("User-Agent", "Acme-DIALER/2.1");
+    let acme_from = with_from("\"WarDial\" <sip:100@192.0.2.1>;tag=7");
+    let sipvicious_from = with_from("\"sipvicious\"<sip:100@1.1.1.1>;tag=1");
+    let friendly = options_with("User-Agent", "friendly-scanner");
+
+    let mut dp = TestDatapath::load(&policy("\"acme-dialer\"", "\"wardial\""))
+        .expect("loading the datapath");
+    let program_id = |dp: &mut TestDatapath| {
+        dp.datapath
+            .program()
+            .and_then(|program| Ok(program.info()?.id()))
+            .expect("the program's id")
+    };
+    let loaded = program_id(&mut dp);
+    // Each case from an untrusted source of each family.
+    let table = |cases: &[(&str, &Vec<u8>, Verdict)]| -> Vec<Row> {
+        UNTRUSTED
+            .iter()
+            .flat_map(|&src| {
+                cases.iter().map(move |&(what, message, verdict)| {
+                    row(
+                        format!("{what} {}", family(src)),
+                        udp(src, SIP_PORT, message).build(),
+                        verdict,
+                    )
+                })
+            })
+            .collect()
+    };
+    let rows = table(&[
+        (
+            "own User-Agent pattern, other case",
+            &acme_ua,
+            drops(Reason::ScannerUserAgent),
+        ),
+        ("own From pattern", &acme_from, drops(Reason::ScannerFrom)),
+        (
+            "built-in User-Agent pattern, replaced",
+            &friendly,
+            passes(Reason::SipOk),
+        ),
+        (
+            "built-in From pattern, replaced",
+            &sipvicious_from,
+            passes(Reason::SipOk),
+        ),
+    ]);
+    check_table(&mut dp, "the policy's own scanner lists", &rows);
+
+    dp.apply(&policy("\"friendly\"", ""))
+        .expect("applying the second policy");
+    assert_eq!(program_id(&mut dp), loaded, "the same program runs");
+    let rows = table(&[
+        (
+            "after the swap: the new pattern",
+            &friendly,
+            drops(Reason::ScannerUserAgent),
+        ),
+        (
+            "after the swap: the old pattern",
+            &acme_ua,
+            passes(Reason::SipOk),
+        ),
+        (
+            "after the swap: an empty From list",
+            &acme_from,
+            passes(Reason::SipOk),
+        ),
+    ]);
+    check_table(&mut dp, "the scanner lists after a swap", &rows);
 }
