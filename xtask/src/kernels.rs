@@ -66,6 +66,7 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             "sip_over_tcp_scanner_dropped_legit_passes",
             "filter_survives_daemon_and_is_taken_over_then_detached",
             "egress_watcher_counts_answers_without_a_daemon_until_detached",
+            "jumbo_link_auto_falls_back_to_skb_and_filters_4k_messages",
         ],
     ),
 ];
