@@ -267,3 +267,58 @@ fn root_namespace_is_untouched() {
         "root namespace changed after teardown"
     );
 }
+
+/// Stands for every privileged test: the subject of
+/// `privileged_tests_fail_in_ci_and_skip_elsewhere`, which runs it without privileges.
+#[test]
+fn needs_bpf() {
+    // What a privileged test would do next, were it allowed to.
+    let _ = require_bpf("needs_bpf");
+}
+
+/// `require_bpf` under an unprivileged user: with `CI=true` the test fails, naming what is
+/// missing; without it, the test is skipped with a note and passes. The child is this test
+/// binary, copied where the unprivileged user can run it, running only [`needs_bpf`].
+#[test]
+fn privileged_tests_fail_in_ci_and_skip_elsewhere() {
+    if !require_bpf("privileged_tests_fail_in_ci_and_skip_elsewhere") {
+        return;
+    }
+    const NOBODY: &str = "65534";
+    let dir = std::env::temp_dir().join(format!("sft-privileges-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = dir.join("selftest");
+    std::fs::copy(std::env::current_exe().expect("own path"), &copy).expect("copy");
+    let run = |ci: bool| {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+            .arg(&copy)
+            .args(["--exact", "needs_bpf", "--nocapture", "--test-threads=1"])
+            .current_dir(&dir)
+            .env_remove("CI");
+        if ci {
+            command.env("CI", "true");
+        }
+        command.output().expect("running the copy as nobody")
+    };
+    let (in_ci, elsewhere) = (run(true), run(false));
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = |output: &std::process::Output| {
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    };
+    assert!(!in_ci.status.success(), "CI=true passed:\n{}", text(&in_ci));
+    assert!(
+        text(&in_ci)
+            .contains("needs_bpf needs root and BPF, which CI must provide: not running as root"),
+        "{}",
+        text(&in_ci)
+    );
+    assert!(elsewhere.status.success(), "{}", text(&elsewhere));
+    assert!(
+        text(&elsewhere).contains("skipping needs_bpf: needs root and BPF (not running as root)"),
+        "{}",
+        text(&elsewhere)
+    );
+}
